@@ -1,0 +1,78 @@
+"""The model contract: the one description training and serving must agree on.
+
+Training writes it into the saved model's metadata; the service reads it back and derives
+its whole preprocessing and response vocabulary from it, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONTRACT_VERSION = 1
+METADATA_KEY = "contract"
+DEFAULT_MODEL_NAME = "transfer-classifier"  # what training saves and the service serves by default
+
+
+class ContractError(ValueError):
+    """A saved model's metadata does not hold a valid contract."""
+
+
+class ModelContract(BaseModel):
+    """Everything needed to rebuild the network and feed it exactly as in training.
+
+    Preprocessing: decode to RGB, resize the shorter side to ``resize_size`` with
+    ``interpolation`` (antialiased), center-crop to ``image_size`` squared, scale to [0, 1],
+    then normalise with ``mean`` / ``std`` per channel.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    contract_version: int = CONTRACT_VERSION
+    class_names: tuple[str, ...] = Field(min_length=2)
+    backbone: str
+    weights: str = Field(description="Weights the backbone started from, e.g. ResNet50_Weights.IMAGENET1K_V2")
+    image_size: int = Field(ge=32, le=1024)
+    resize_size: int = Field(ge=32, le=2048)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    dropout: float = Field(ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelContract:
+        if self.contract_version != CONTRACT_VERSION:
+            raise ValueError(
+                f"contract version {self.contract_version} is not supported (this code reads "
+                f"version {CONTRACT_VERSION}); retrain the model with this version of the project"
+            )
+        if self.resize_size < self.image_size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than image_size {self.image_size}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        if len(set(self.class_names)) != len(self.class_names) or not all(self.class_names):
+            raise ValueError("class names must be unique and non-empty")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """JSON-safe form for the BentoML model's metadata."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> ModelContract:
+        """Read the contract back from a saved model's metadata; raises ContractError."""
+        raw = metadata.get(METADATA_KEY)
+        if not isinstance(raw, dict):
+            raise ContractError(
+                f"the model's metadata has no '{METADATA_KEY}' entry: it was not saved by "
+                "`python -m training`; retrain it with this project"
+            )
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ContractError(f"the model's contract is invalid: {exc}") from exc

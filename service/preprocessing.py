@@ -1,0 +1,37 @@
+"""The contract's preprocessing, as pure functions shared by training's evaluation and serving.
+
+Per image (before batching): resize the shorter side and center-crop, giving a uint8 tensor.
+Per batch: scale and normalise in one tensor operation.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from service.contract import ModelContract
+from service.imaging import DEFAULT_MAX_PIXELS, decode_image
+
+_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+
+
+def resize_and_crop(img: Image.Image, contract: ModelContract) -> torch.Tensor:
+    """RGB image -> uint8 tensor [3, image_size, image_size] as the contract prescribes."""
+    img = F.resize(img, [contract.resize_size], interpolation=_INTERPOLATION[contract.interpolation], antialias=True)
+    img = F.center_crop(img, [contract.image_size, contract.image_size])
+    return F.pil_to_tensor(img)
+
+
+def prepare_image(data: bytes, contract: ModelContract, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Encoded image bytes -> uint8 tensor [3, S, S]; raises InputError for unusable input."""
+    img = decode_image(data, max_pixels=max_pixels, draft_size=contract.resize_size)
+    return resize_and_crop(img, contract)
+
+
+def normalize(batch: torch.Tensor, contract: ModelContract) -> torch.Tensor:
+    """uint8 batch [N, 3, S, S] (or one image [3, S, S]) -> float32 normalised per channel."""
+    mean = torch.tensor(contract.mean, dtype=torch.float32, device=batch.device).view(3, 1, 1)
+    std = torch.tensor(contract.std, dtype=torch.float32, device=batch.device).view(3, 1, 1)
+    return (batch.to(torch.float32) / 255.0 - mean) / std

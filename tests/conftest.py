@@ -1,0 +1,40 @@
+"""Shared fixtures. BentoML's store and our caches point at temporary folders for the whole run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports bentoml: tests never touch the user's model store or caches.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="transfer-serve-tests-"))
+os.environ["BENTOML_HOME"] = str(_SESSION_TMP / "bentoml")
+os.environ["TRANSFER_SERVE_CACHE"] = str(_SESSION_TMP / "cache")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+ODD_IMAGES = Path(__file__).parent / "data" / "odd-images"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def odd_image():
+    """Bytes of one file in tests/data/odd-images."""
+    return lambda name: (ODD_IMAGES / name).read_bytes()
+
+
+@pytest.fixture
+def contract():
+    from service.contract import ModelContract
+
+    return ModelContract(
+        class_names=("ants", "bees"),
+        backbone="resnet18",
+        weights="none",
+        image_size=64,
+        resize_size=72,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        dropout=0.2,
+    )

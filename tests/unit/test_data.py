@@ -1,0 +1,101 @@
+import logging
+import shutil
+
+import pytest
+
+from tests.conftest import ODD_IMAGES
+from tests.support.synthetic import make_dataset
+from training.data import load_splits
+from training.errors import TrainingError
+
+
+def _load(root, **kw):
+    return load_splits(root, val_ratio=kw.pop("val_ratio", 0.25), test_ratio=kw.pop("test_ratio", 0.2), seed=kw.pop("seed", 0), workers=2)
+
+
+def test_train_validation_layout_and_test_share(tmp_path):
+    make_dataset(tmp_path, per_class=6, val_per_class=10)
+    s = _load(tmp_path)
+    assert s.layout == "train/ + validation/"
+    assert s.class_names == ("cats", "dogs")
+    assert s.counts() == {"train": {"cats": 6, "dogs": 6}, "val": {"cats": 8, "dogs": 8}, "test": {"cats": 2, "dogs": 2}}
+    assert not {x.path for x in s.val} & {x.path for x in s.test}
+
+
+def test_val_folder_name_variants(tmp_path):
+    make_dataset(tmp_path, per_class=3, val_per_class=5)
+    (tmp_path / "validation").rename(tmp_path / "val")
+    assert _load(tmp_path).layout == "train/ + val/"
+
+
+def test_single_folder_is_split_by_seeded_ratio(tmp_path):
+    make_dataset(tmp_path, classes=("b", "a", "c"), per_class=20)
+    s = _load(tmp_path)
+    assert s.layout == "single folder" and s.class_names == ("a", "b", "c")
+    assert s.counts()["train"] == {"a": 15, "b": 15, "c": 15}
+    assert sum(s.counts()["val"].values()) + sum(s.counts()["test"].values()) == 15
+    again, other = _load(tmp_path), _load(tmp_path, seed=1)
+    assert again.test == s.test and again.train == s.train
+    assert other.test != s.test
+
+
+def test_junk_is_skipped_and_named(tmp_path, caplog):
+    make_dataset(tmp_path, per_class=8)
+    (tmp_path / "cats" / "notes.txt").write_text("not an image")
+    shutil.copy(ODD_IMAGES / "truncated_jpeg.jpg", tmp_path / "cats" / "cut.jpg")
+    for name in ("pil_sample_cmyk.jpg", "16bit.cropped.tif", "uncompressed_la.png", "hopper_orientation_6.jpg"):
+        shutil.copy(ODD_IMAGES / name, tmp_path / "dogs" / f"odd {name}")  # spaces in names too
+    (tmp_path / "dogs" / ".DS_Store").write_bytes(b"\0\0")
+    with caplog.at_level(logging.WARNING):
+        s = _load(tmp_path)
+    assert sorted(p.name for p, _ in s.skipped) == ["cut.jpg", "notes.txt"]
+    assert "skipped 2 file(s)" in caplog.text and "notes.txt" in caplog.text and "cut.jpg" in caplog.text
+    every = {x.path.name for x in s.train + s.val + s.test}
+    assert "odd pil_sample_cmyk.jpg" in every and "odd 16bit.cropped.tif" in every and ".DS_Store" not in every
+
+
+def test_duplicates_are_reported(tmp_path, caplog):
+    make_dataset(tmp_path, per_class=8)
+    shutil.copy(tmp_path / "cats" / "cats.0.jpg", tmp_path / "dogs" / "copy.jpg")
+    with caplog.at_level(logging.WARNING):
+        s = _load(tmp_path)
+    assert len(s.duplicates) == 1 and "identical files" in caplog.text
+
+
+def test_fingerprint_tracks_content(tmp_path):
+    make_dataset(tmp_path, per_class=8)
+    first = _load(tmp_path).fingerprint
+    assert _load(tmp_path).fingerprint == first
+    shutil.copy(tmp_path / "dogs" / "dogs.0.jpg", tmp_path / "cats" / "cats.0.jpg")
+    assert _load(tmp_path).fingerprint != first
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: p / "missing", "does not exist"),
+        (lambda p: p, "at least 2 class sub-folders \\(found none\\)"),
+        (lambda p: (make_dataset(p, classes=("only",), per_class=4), p)[1], "found only"),
+        (lambda p: ((p / "f.txt").write_text("x"), p / "f.txt")[1], "is a file"),
+    ],
+    ids=["missing", "empty", "one-class", "file"],
+)
+def test_unusable_folders_raise_one_line_errors(tmp_path, setup, message):
+    with pytest.raises(TrainingError, match=message) as info:
+        _load(setup(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_mismatched_split_classes(tmp_path):
+    make_dataset(tmp_path, per_class=3, val_per_class=3)
+    (tmp_path / "validation" / "dogs").rename(tmp_path / "validation" / "wolves")
+    with pytest.raises(TrainingError, match="different classes"):
+        _load(tmp_path)
+
+
+def test_class_without_usable_images(tmp_path):
+    make_dataset(tmp_path, per_class=8)
+    (tmp_path / "birds").mkdir()
+    (tmp_path / "birds" / "x.txt").write_text("no")
+    with pytest.raises(TrainingError, match="no usable images of class\\(es\\) birds"):
+        _load(tmp_path)

@@ -1,0 +1,33 @@
+import torch
+from PIL import Image
+
+from service.preprocessing import normalize, prepare_image, resize_and_crop
+
+
+def test_resize_and_crop_gives_contract_shape_for_any_aspect(contract):
+    for size in [(300, 100), (100, 300), (64, 64), (1, 2)]:
+        out = resize_and_crop(Image.new("RGB", size, (10, 20, 30)), contract)
+        assert out.shape == (3, 64, 64) and out.dtype == torch.uint8
+        assert out[:, 32, 32].tolist() == [10, 20, 30]
+
+
+def test_center_crop_keeps_the_middle(contract):
+    img = Image.new("RGB", (300, 100), (0, 0, 0))
+    img.paste((255, 255, 255), (140, 0, 160, 100))  # a white bar in the centre
+    out = resize_and_crop(img, contract)
+    assert out[0, 32, 32] == 255 and out[0, 32, 0] == 0
+
+
+def test_normalize_matches_formula(contract):
+    batch = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    out = normalize(batch, contract)
+    expected = (1.0 - torch.tensor(contract.mean)) / torch.tensor(contract.std)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out[1, :, 2, 2], expected)
+    assert torch.allclose(normalize(batch[0], contract), out[0])
+
+
+def test_prepare_image_same_photo_any_format(odd_image, contract):
+    ref = prepare_image(odd_image("hopper.png"), contract).float()
+    for name in ("hopper.jpg", "hopper.webp", "hopper.bmp", "hopper.tif"):
+        assert (prepare_image(odd_image(name), contract).float() - ref).abs().mean() < 12

@@ -1,0 +1,56 @@
+"""``python -m training``: train a classifier and save it to the BentoML model store."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from typing import TYPE_CHECKING
+
+from service.contract import ContractError
+from training.config import parse_args
+from training.errors import TrainingError
+
+if TYPE_CHECKING:
+    from training.pipeline import RunResult
+
+
+def _summary(result: RunResult) -> str:
+    test = result.test_metrics
+    lines = [
+        "",
+        f"saved model  {result.tag}",
+        f"test split   accuracy {test['accuracy']:.3f}, loss {test['loss']:.3f}, macro F1 {test['macro_f1']:.3f} "
+        f"on {test['count']} images",
+    ]
+    for name, row in test["per_class"].items():
+        lines.append(f"  {name:<20} precision {row['precision']:.3f}  recall {row['recall']:.3f}  f1 {row['f1']:.3f}")
+    cache = ", ".join(f"{split} {'hit' if hit else 'miss'}" for split, hit in result.cache_hits.items())
+    lines += [
+        f"feature cache {cache}",
+        f"report       {result.report_path}",
+        *(f"plot         {p}" for p in result.plots),
+        f"serve it     MODEL_TAG={result.tag} bentoml serve service.service:ImageClassifier",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from training.pipeline import run  # torch takes seconds to import: not before --help
+
+        result = run(cfg)
+    except (TrainingError, ContractError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

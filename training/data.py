@@ -1,0 +1,219 @@
+"""Find the images of a dataset folder, drop the unusable ones, and split them.
+
+Layouts accepted:
+- ``ROOT/train/<class>/...`` with ``ROOT/validation/<class>/...`` (or ``val/`` / ``valid/``);
+- ``ROOT/<class>/...``: one folder, split into train and validation by a seeded ratio.
+The test split is always a seeded share of the validation split, taken per class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from service.imaging import InputError, decode_image
+from training.errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_DIRS = ("validation", "val", "valid")
+TRAINING_MAX_PIXELS = 100_000_000
+_SCAN_DRAFT = 64  # a reduced-scale JPEG decode still reads the whole stream, so truncation shows
+_IGNORED_DIRS = {"__MACOSX"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A dataset ready for training: class names, three disjoint splits, what was skipped."""
+
+    root: Path
+    layout: str
+    class_names: tuple[str, ...]
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    test: tuple[Sample, ...]
+    skipped: tuple[tuple[Path, str], ...]
+    fingerprint: str
+    duplicates: tuple[tuple[Path, ...], ...] = ()
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split, e.g. {"train": {"cats": 1000, ...}, ...}."""
+        out = {}
+        for split in ("train", "val", "test"):
+            per_label = Counter(s.label for s in getattr(self, split))
+            out[split] = {name: per_label.get(i, 0) for i, name in enumerate(self.class_names)}
+        return out
+
+
+def load_splits(root: Path, *, val_ratio: float, test_ratio: float, seed: int, workers: int | None = None) -> Splits:
+    """Discover, scan and split ``root``. Raises TrainingError on a folder that cannot be used."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise TrainingError(f"data folder {root} does not exist; pass --data DIR with a folder of class sub-folders")
+    if not root.is_dir():
+        raise TrainingError(f"--data {root} is a file, not a folder of class sub-folders")
+    layout, groups = _discover(root)
+    class_names = tuple(sorted(groups["train"]))
+    scanned = {split: _scan(split, by_class, class_names, workers) for split, by_class in groups.items()}
+    skipped = tuple(item for result in scanned.values() for item in result[1])
+    _warn_skipped(skipped)
+    files = {split: result[0] for split, result in scanned.items()}
+    duplicates = find_duplicates(files)
+    if duplicates:
+        shown = "; ".join(" = ".join(map(str, group)) for group in duplicates[:10])
+        logger.warning("%d group(s) of identical files (kept, but check for leakage or label noise): %s",
+                       len(duplicates), shown)
+    fingerprint = _fingerprint(files, root)
+    train = files["train"]
+    if "val" in files:
+        val = files["val"]
+    else:
+        train, val = _split(train, val_ratio, seed, "validation")
+    val, test = _split(val, test_ratio, seed, "test")
+    splits = Splits(
+        root=root,
+        layout=layout,
+        class_names=class_names,
+        train=tuple(_samples(train)),
+        val=tuple(_samples(val)),
+        test=tuple(_samples(test)),
+        skipped=skipped,
+        fingerprint=fingerprint,
+        duplicates=tuple(tuple(group) for group in duplicates),
+    )
+    _check_nonempty(splits)
+    return splits
+
+
+def _discover(root: Path) -> tuple[str, dict[str, dict[str, Path]]]:
+    val_dir = next((root / d for d in VALIDATION_DIRS if (root / d).is_dir()), None)
+    if (root / "train").is_dir() and val_dir is not None:
+        groups = {"train": _class_dirs(root / "train"), "val": _class_dirs(val_dir)}
+        if set(groups["train"]) != set(groups["val"]):
+            raise TrainingError(
+                f"train/ and {val_dir.name}/ in {root} hold different classes: "
+                f"{sorted(groups['train'])} vs {sorted(groups['val'])}; make their sub-folders match"
+            )
+        layout = f"train/ + {val_dir.name}/"
+    else:
+        groups = {"train": _class_dirs(root)}
+        layout = "single folder"
+    if len(groups["train"]) < 2:
+        found = ", ".join(sorted(groups["train"])) or "none"
+        raise TrainingError(
+            f"{root} must hold at least 2 class sub-folders (found {found}); expected "
+            f"{root}/<class>/<image> or {root}/train/<class>/<image> with {root}/validation/<class>/<image>"
+        )
+    return layout, groups
+
+
+def _class_dirs(folder: Path) -> dict[str, Path]:
+    return {
+        p.name: p
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS
+    }
+
+
+def _list_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _scan(
+    split: str, by_class: dict[str, Path], class_names: tuple[str, ...], workers: int | None
+) -> tuple[list[tuple[Path, int, str]], list[tuple[Path, str]]]:
+    """Decode every file once; return (path, label, sha256) of the good ones and the skipped ones."""
+    jobs = [(path, class_names.index(name)) for name, folder in sorted(by_class.items()) for path in _list_files(folder)]
+    good: list[tuple[Path, int, str]] = []
+    bad: list[tuple[Path, str]] = []
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        results = pool.map(lambda job: (job, _check_file(job[0])), jobs)
+        for (path, label), (digest, problem) in tqdm(results, total=len(jobs), desc=f"scan {split}", unit="img"):
+            if problem is None:
+                good.append((path, label, digest))
+            else:
+                bad.append((path, problem))
+    return good, bad
+
+
+def _check_file(path: Path) -> tuple[str, str | None]:
+    """(content SHA-256, None) for a decodable image, else ("", why it is unusable)."""
+    try:
+        data = path.read_bytes()
+        decode_image(data, max_pixels=TRAINING_MAX_PIXELS, draft_size=_SCAN_DRAFT)
+    except InputError as exc:
+        return "", exc.message
+    except OSError as exc:
+        return "", f"unreadable ({exc.strerror or exc})"
+    return hashlib.sha256(data).hexdigest(), None
+
+
+def find_duplicates(files: dict[str, list[tuple[Path, int, str]]]) -> list[list[Path]]:
+    """Groups of byte-identical files: across splits they leak test data, across classes they are label noise."""
+    by_hash: dict[str, list[Path]] = {}
+    for items in files.values():
+        for path, _, sha in items:
+            by_hash.setdefault(sha, []).append(path)
+    return [sorted(paths) for paths in by_hash.values() if len(paths) > 1]
+
+
+def _warn_skipped(skipped: tuple[tuple[Path, str], ...]) -> None:
+    if not skipped:
+        return
+    shown = "; ".join(f"{path} ({why})" for path, why in skipped[:20])
+    more = f"; and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+    logger.warning("skipped %d file(s) that are not usable images: %s%s", len(skipped), shown, more)
+
+
+def _fingerprint(files: dict[str, list[tuple[Path, int, str]]], root: Path) -> str:
+    """SHA-256 over every usable file's split, relative path and content hash."""
+    digest = hashlib.sha256()
+    for split in sorted(files):
+        for path, label, sha in sorted(files[split]):
+            digest.update(f"{split}\0{path.relative_to(root).as_posix()}\0{label}\0{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def _split(items: list[tuple[Path, int, str]], ratio: float, seed: int, what: str):
+    """Move a seeded ``ratio`` of each class from ``items`` into a new split (stratified)."""
+    if not 0.0 < ratio < 1.0:
+        raise TrainingError(f"the {what} ratio must be between 0 and 1 (exclusive), got {ratio}")
+    kept, taken = [], []
+    for label in sorted({label for _, label, _ in items}):
+        group = sorted(item for item in items if item[1] == label)
+        random.Random(f"{seed}:{what}:{label}").shuffle(group)
+        n_taken = max(1, round(len(group) * ratio)) if len(group) > 1 else 0
+        taken += group[:n_taken]
+        kept += group[n_taken:]
+    return sorted(kept), sorted(taken)
+
+
+def _samples(items: list[tuple[Path, int, str]]) -> list[Sample]:
+    return [Sample(path, label) for path, label, _ in items]
+
+
+def _check_nonempty(splits: Splits) -> None:
+    for split, per_class in splits.counts().items():
+        empty = [name for name, n in per_class.items() if n == 0]
+        if empty:
+            raise TrainingError(
+                f"the {split} split has no usable images of class(es) {', '.join(empty)} in {splits.root}; "
+                "every class needs at least one image in each of train, validation and test: add images, "
+                "or change --val-ratio / --test-ratio"
+            )

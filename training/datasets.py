@@ -1,0 +1,75 @@
+"""Torch datasets over image files, using the service's preprocessing plus optional augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+from service.contract import ModelContract
+from service.preprocessing import normalize, prepare_image
+from training.data import TRAINING_MAX_PIXELS, Sample
+
+
+@dataclass(frozen=True, kw_only=True)
+class Augmentation:
+    """Training-time augmentation (never used for evaluation), as in the TF tutorial.
+
+    ``rotation`` is a fraction of a full turn, like Keras' RandomRotation(0.2) = +/-72 degrees.
+    """
+
+    flip: bool = True
+    rotation: float = 0.2
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or self.rotation > 0
+
+    def transform(self, contract: ModelContract) -> v2.Compose:
+        """Ops on the uint8 crop; rotated-in corners get the mean colour, i.e. zero after normalising."""
+        fill = [round(m * 255) for m in contract.mean]
+        ops: list[torch.nn.Module] = []
+        if self.flip:
+            ops.append(v2.RandomHorizontalFlip())
+        if self.rotation > 0:
+            ops.append(v2.RandomRotation(self.rotation * 360.0, interpolation=InterpolationMode.BILINEAR, fill=fill))
+        return v2.Compose(ops)
+
+
+class ImageFiles(Dataset):
+    """(normalised image tensor, label) for each sample, preprocessed exactly as served."""
+
+    def __init__(self, samples: Sequence[Sample], contract: ModelContract, augmentation: Augmentation | None = None):
+        self.samples = list(samples)
+        self.contract = contract
+        self.augment = augmentation.transform(contract) if augmentation and augmentation.enabled else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        image = prepare_image(sample.path.read_bytes(), self.contract, max_pixels=TRAINING_MAX_PIXELS)
+        if self.augment is not None:
+            image = self.augment(image)
+        return normalize(image, self.contract), sample.label
+
+
+def make_loader(
+    dataset: ImageFiles, *, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """A seeded DataLoader: the same seed gives the same order and the same augmentations."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )

@@ -1,0 +1,239 @@
+"""One training run, start to finish: data, features, phase 1, optional phase 2, evaluation, report, save."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.architecture import Classifier
+from service.backbones import backbone_spec
+from service.contract import ModelContract
+from service.preprocessing import prepare_image
+from training import features as feats
+from training import report
+from training.config import TrainConfig
+from training.data import TRAINING_MAX_PIXELS, Sample, Splits, load_splits
+from training.datasets import Augmentation, ImageFiles, make_loader
+from training.download import fetch_cats_and_dogs, sha256_file
+from training.errors import TrainingError
+from training.export import save_model
+from training.loop import Evaluation, evaluate_head, evaluate_model, fine_tune, train_head
+from training.metrics import classification_metrics
+from training.model import attach_head, freeze_backbone, load_backbone, unfreeze
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRID_IMAGES = 16
+
+
+@dataclass
+class RunResult:
+    tag: str
+    splits: Splits
+    contract: ModelContract
+    test_metrics: dict[str, Any]
+    report_path: Path
+    plots: list[Path]
+    cache_hits: dict[str, bool] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(choice: str) -> torch.device:
+    """"auto" picks CUDA when present, else CPU; an explicit CUDA choice must exist."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(choice)
+    except RuntimeError:
+        raise TrainingError(f"--device {choice!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {choice} asked for CUDA, but no CUDA device is available; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+
+
+def make_contract(cfg: TrainConfig, class_names: tuple[str, ...], weights_id: str) -> ModelContract:
+    return ModelContract(
+        class_names=class_names,
+        backbone=cfg.backbone,
+        weights=weights_id,
+        image_size=cfg.image_size,
+        resize_size=cfg.effective_resize,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        dropout=cfg.dropout,
+    )
+
+
+def run(cfg: TrainConfig) -> RunResult:
+    """Train, evaluate, report and save; raises TrainingError on anything the user can fix."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    backbone_net, weights_id = load_backbone(cfg.backbone, cfg.weights)  # before the data: fail fast offline
+    root = cfg.data if cfg.data is not None else fetch_cats_and_dogs(
+        cfg.cache_dir / "datasets", url=cfg.dataset_url, expected_sha256=cfg.dataset_sha256
+    )
+    splits = load_splits(root, val_ratio=cfg.val_ratio, test_ratio=cfg.test_ratio, seed=cfg.seed, workers=cfg.workers)
+    log_splits(splits)
+    timings["data_s"] = time.perf_counter() - clock
+
+    model = attach_head(backbone_net, cfg.backbone, len(splits.class_names), cfg.dropout)
+    contract = make_contract(cfg, splits.class_names, weights_id)
+    freeze_backbone(model)
+    model.to(device, memory_format=torch.channels_last)
+    augmentation = Augmentation(flip=cfg.flip, rotation=cfg.rotation) if cfg.augment else None
+
+    clock = time.perf_counter()
+    cached, hits = _features(cfg, model, contract, splits, augmentation, weights_id, device)
+    timings["features_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    seed_everything(cfg.seed)  # dropout draws from the global RNG: same head whether features were cached or not
+    baseline = evaluate_head(model.head, cached["val"][0], cached["val"][1], device)
+    history = train_head(
+        model.head, cached["train"][0], cached["train"][1], cached["val"][0], cached["val"][1],
+        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+    )
+    after_head = evaluate_head(model.head, cached["val"][0], cached["val"][1], device)
+    timings["head_s"] = time.perf_counter() - clock
+    evaluations = {"baseline": baseline, "after_head": after_head}
+
+    if cfg.fine_tune_epochs > 0:
+        clock = time.perf_counter()
+        history += _fine_tune(cfg, model, contract, splits, augmentation, device, first_epoch=cfg.epochs + 1)
+        evaluations["after_fine_tune"] = evaluate_model(model, _loader(cfg, splits.val, contract, device), device, "validate")
+        evaluations["test"] = evaluate_model(model, _loader(cfg, splits.test, contract, device), device, "test")
+        timings["fine_tune_s"] = time.perf_counter() - clock
+    else:
+        # The backbone is unchanged, so the cached test features are exactly what the full network computes.
+        evaluations["test"] = evaluate_head(model.head, cached["test"][0], cached["test"][1], device)
+
+    metrics = {name: classification_metrics(e.probs, e.labels, splits.class_names, e.loss) for name, e in evaluations.items()}
+    payload = _report_payload(cfg, splits, contract, metrics, history, hits, timings)
+    plots = _plots(cfg.output, splits, contract, history, metrics, evaluations["test"])
+    report_path = report.write_json(cfg.output / report.METRICS_FILE, payload)
+    tag = save_model(cfg.name, model, contract, metadata=_model_metadata(cfg, splits, metrics["test"]), report=payload)
+    return RunResult(tag, splits, contract, metrics["test"], report_path, plots, hits, timings)
+
+
+def log_splits(splits: Splits) -> None:
+    counts = splits.counts()
+    logger.info("dataset %s (%s layout), classes: %s", splits.root, splits.layout, ", ".join(splits.class_names))
+    for split, per_class in counts.items():
+        detail = ", ".join(f"{name} {n}" for name, n in per_class.items())
+        logger.info("  %-5s %5d images (%s)", split, sum(per_class.values()), detail)
+
+
+def _loader(cfg: TrainConfig, samples, contract, device, augmentation=None, shuffle=False, seed=None):
+    dataset = ImageFiles(samples, contract, augmentation)
+    return make_loader(
+        dataset, batch_size=cfg.batch_size, workers=cfg.workers, shuffle=shuffle,
+        seed=cfg.seed if seed is None else seed, pin_memory=device.type == "cuda",
+    )
+
+
+def _features(cfg, model: Classifier, contract, splits, augmentation, weights_id, device):
+    """Cached backbone features: train [V, N, D] (V augmented views), val and test [N, D]."""
+    weights_key = weights_id
+    if weights_id.startswith("file:"):
+        weights_key = sha256_file(Path(cfg.weights).expanduser())
+    base = {
+        "fingerprint": splits.fingerprint,
+        "backbone": cfg.backbone,
+        "weights": weights_key,
+        "preprocessing": contract.model_dump(include={"image_size", "resize_size", "interpolation", "mean", "std"}),
+    }
+    cache_dir = cfg.cache_dir / "features" if cfg.feature_cache else None
+    out, hits = {}, {}
+    for split in ("train", "val", "test"):
+        samples = getattr(splits, split)
+        aug = augmentation if split == "train" else None
+        views = cfg.aug_views if aug else 1
+        parts = {**base, "split": split, "files": _files_key(samples, splits.root), "augmentation": aug and vars(aug),
+                 "views": views, "seed": cfg.seed if aug else None}
+
+        def compute(samples=samples, aug=aug, views=views, split=split):
+            runs = [
+                feats.extract(model.backbone, _loader(cfg, samples, contract, device, aug, seed=cfg.seed + v), device,
+                              desc=f"features {split}" + (f" view {v + 1}/{views}" if views > 1 else ""))
+                for v in range(views)
+            ]
+            return {"features": torch.stack([f for f, _ in runs]), "labels": runs[0][1]}
+
+        tensors, hits[split] = feats.cached(cache_dir, parts, compute)
+        features = tensors["features"]
+        out[split] = (features if split == "train" else features[0], tensors["labels"])
+    return out, hits
+
+
+def _files_key(samples: tuple[Sample, ...], root: Path) -> str:
+    return feats.cache_key({"files": [(s.path.relative_to(root).as_posix(), s.label) for s in samples]})
+
+
+def _fine_tune(cfg, model, contract, splits, augmentation, device, first_epoch):
+    params = unfreeze(model, cfg.unfreeze or backbone_spec(cfg.backbone).default_unfreeze)
+    train_loader = _loader(cfg, splits.train, contract, device, augmentation, shuffle=True)
+    val_loader = _loader(cfg, splits.val, contract, device)
+    return fine_tune(model, params, train_loader, val_loader, epochs=cfg.fine_tune_epochs, lr=cfg.fine_tune_lr,
+                     first_epoch=first_epoch, device=device)
+
+
+def _report_payload(cfg, splits, contract, metrics, history, hits, timings) -> dict[str, Any]:
+    return {
+        "contract": contract.to_metadata(),
+        "metrics": metrics,
+        "history": history,
+        "dataset": _dataset_summary(splits),
+        "feature_cache_hits": hits,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "config": cfg.to_json(),
+    }
+
+
+def _dataset_summary(splits: Splits) -> dict[str, Any]:
+    return {
+        "root": str(splits.root),
+        "layout": splits.layout,
+        "fingerprint": splits.fingerprint,
+        "counts": splits.counts(),
+        "skipped": [{"path": str(p), "reason": why} for p, why in splits.skipped],
+        "duplicates": [[str(p) for p in group] for group in splits.duplicates],
+    }
+
+
+def _model_metadata(cfg: TrainConfig, splits: Splits, test: dict[str, Any]) -> dict[str, Any]:
+    summary = _dataset_summary(splits)
+    summary["skipped"] = len(splits.skipped)
+    summary["duplicates"] = len(splits.duplicates)
+    return {
+        "test_metrics": {k: test[k] for k in ("accuracy", "loss", "macro_f1", "count", "per_class")},
+        "dataset": summary,
+        "training_args": cfg.to_json(),
+    }
+
+
+def _plots(output: Path, splits, contract, history, metrics, test: Evaluation) -> list[Path]:
+    shown = sorted(random.Random(0).sample(range(len(splits.test)), min(GRID_IMAGES, len(splits.test))))
+    images = [prepare_image(splits.test[i].path.read_bytes(), contract, max_pixels=TRAINING_MAX_PIXELS) for i in shown]
+    return [
+        report.plot_learning_curves(history, metrics["baseline"], output / report.CURVES_FILE),
+        report.plot_confusion_matrix(metrics["test"]["confusion_matrix"], splits.class_names, output / report.CONFUSION_FILE),
+        report.plot_prediction_grid(images, test.probs[shown], test.labels[shown], splits.class_names, output / report.GRID_FILE),
+    ]

@@ -1,0 +1,91 @@
+"""The run's report: metrics as JSON, learning curves, confusion matrix and a grid of test predictions as PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: plots are files, never windows
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "learning_curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+GRID_FILE = "test_predictions.png"
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def plot_learning_curves(history: list[dict], baseline: dict, path: Path) -> Path:
+    """Loss and accuracy per epoch (train and validation); epoch 0 is the untrained baseline."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [0] + [row["epoch"] for row in history]
+    for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
+        ax.plot(epochs[1:], [row[f"train_{key}"] for row in history], "o-", label="train")
+        ax.plot(epochs, [baseline[key]] + [row[f"val_{key}"] for row in history], "s-", label="validation")
+        fine = [row["epoch"] for row in history if row["phase"] == "fine-tune"]
+        if fine:
+            ax.axvline(fine[0] - 0.5, color="gray", linestyle="--", label="start of fine-tuning")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: list[list[int]], class_names: tuple[str, ...], path: Path) -> Path:
+    """Counts with true classes as rows and predictions as columns."""
+    size = max(4.0, 0.6 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (test split)")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_prediction_grid(
+    images: list[torch.Tensor], probs: torch.Tensor, labels: torch.Tensor, class_names: tuple[str, ...], path: Path
+) -> Path:
+    """uint8 crops [3, S, S] with 'predicted (p) / true' titles; wrong predictions in red."""
+    cols = min(4, len(images)) or 1
+    rows = max(1, math.ceil(len(images) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, p, label in zip(axes.flat, images, probs, labels):
+        pred = int(p.argmax())
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ok = pred == int(label)
+        ax.set_title(
+            f"{class_names[pred]} ({float(p[pred]):.0%})\ntrue: {class_names[int(label)]}",
+            color="green" if ok else "red",
+            fontsize=9,
+        )
+    fig.suptitle("Test images: predicted (confidence) / true")
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
