@@ -25,11 +25,7 @@ train: setup
 	$(BIN)/python -m training $(if $(DATA),--data $(DATA)) --weights $(WEIGHTS) $(TRAIN_ARGS)
 
 run: train
-	@if [ -f service/service.py ]; then \
-		$(BIN)/bentoml serve service.service:ImageClassifier --port $(PORT); \
-	else \
-		echo "model trained and saved; the HTTP service arrives with the service issue (#3)"; \
-	fi
+	$(BIN)/bentoml serve service.service:ImageClassifier --port $(PORT)
 
 test: setup
 	$(BIN)/python -m pytest

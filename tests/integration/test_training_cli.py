@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,25 +10,11 @@ import torch
 from service.model_store import load_model
 from service.preprocessing import normalize, prepare_image
 from tests.conftest import SHARED_DATA
+from tests.support.cli import saved_tag, train
 from tests.support.synthetic import make_dataset
 from training.data import load_splits
 
-REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def train(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the training CLI with this session's BENTOML_HOME and caches."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "training", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def saved_tag(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("saved model"))
-    return line.split()[-1]
 
 
 @pytest.fixture(scope="module")
