@@ -9,7 +9,7 @@ WEIGHTS ?= DEFAULT
 TRAIN_ARGS ?=
 PORT ?= 3000
 
-.PHONY: setup run train test clean
+.PHONY: setup run train test bento docker-context docker clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,18 @@ train: setup
 run: train
 	$(BIN)/bentoml serve service.service:ImageClassifier --port $(PORT)
 
+bento: setup
+	$(BIN)/bentoml build
+
+docker-context: bento
+	mkdir -p build
+	$(BIN)/bentoml export image_classifier:latest build/image_classifier.bento
+
+docker: docker-context
+	docker build -t image-classifier .
+
 test: setup
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache runs
+	rm -rf $(VENV) .pytest_cache runs build

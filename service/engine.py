@@ -2,40 +2,59 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
+import numpy as np
 import torch
 
 from service.model_store import LoadedModel
 from service.preprocessing import normalize
-from service.schemas import ClassScore
+
+logger = logging.getLogger(__name__)
 
 
-def pick_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(choice: str = "auto") -> torch.device:
+    """"auto": CUDA when present, else CPU. Asking for CUDA without one raises ValueError."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CLASSIFIER_DEVICE=cuda, but no CUDA device is available")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def cpu_threads(requested: int, workers: int) -> int:
+    """Threads for one worker: the requested number, else its share of the cores (at least 1)."""
+    return requested or max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 class TorchEngine:
-    """Eager PyTorch inference: channels_last, inference mode, half precision on GPU."""
+    """Eager PyTorch inference in inference mode with channels_last.
 
-    def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
+    CPU: float32, ``threads`` intra-op threads, so several workers do not oversubscribe the
+    cores. GPU: half precision, inputs pinned and moved non-blocking.
+    """
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, *, threads: int = 0) -> None:
         self.contract = loaded.contract
         self.device = device
-        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.dtype = torch.float32
+            torch.set_num_threads(threads or cpu_threads(0, 1))
         self.network = loaded.network.to(device, dtype=self.dtype, memory_format=torch.channels_last).eval()
 
     @torch.inference_mode()
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, 3, S, S] -> float32 probabilities [N, C] on the CPU."""
-        x = normalize(batch.to(self.device, non_blocking=True), self.contract)
-        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        return self.network(x).float().softmax(dim=1).cpu()
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 [N, 3, S, S] -> float32 probabilities [N, C]."""
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = normalize(x, self.contract).to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return self.network(x).float().softmax(dim=1).cpu().numpy()
 
-    def warm_up(self) -> None:
+    def warm_up(self, batch_size: int = 1) -> None:
+        """One inference so the first request does not pay for lazy initialisation."""
         size = self.contract.image_size
-        self.predict(torch.zeros(1, 3, size, size, dtype=torch.uint8))
-
-
-def top_classes(probs: torch.Tensor, class_names: tuple[str, ...], k: int) -> list[ClassScore]:
-    """The k most probable classes of one probability vector, most probable first."""
-    values, indices = probs.topk(min(k, len(class_names)))
-    return [ClassScore(label=class_names[i], probability=round(float(v), 6)) for v, i in zip(values, indices.tolist())]
+        self.predict(np.zeros((batch_size, 3, size, size), dtype=np.uint8))

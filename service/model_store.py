@@ -1,4 +1,4 @@
-"""The saved model's on-disk layout in the BentoML store, and loading it back.
+"""The saved model's on-disk layout in the BentoML store, checking it, and loading it back.
 
 A saved model is a BentoML model whose folder holds ``model.safetensors`` (backbone and head
 weights: a format that cannot execute code) and whose metadata holds the contract.
@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import bentoml
+import torch
+from bentoml.exceptions import BentoMLException, NotFound
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from service.architecture import Classifier, build_classifier
@@ -20,6 +23,13 @@ METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
+class ModelDescription:
+    tag: str
+    contract: ModelContract
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     tag: str
     contract: ModelContract
@@ -27,18 +37,42 @@ class LoadedModel:
     metadata: dict[str, Any]
 
 
-def load_model(tag: str) -> LoadedModel:
-    """Load a saved model by tag ("name" or "name:version") on the CPU, in eval mode.
+def describe_model(tag: str) -> ModelDescription:
+    """Resolve ``tag`` and check that its weights fit its contract, without loading them.
 
-    Raises bentoml.exceptions.NotFound for an unknown tag and ContractError when the
-    metadata or the weights do not match what this project saves.
+    Raises ContractError, with a message naming the problem and the fix, for an unknown tag,
+    a missing or invalid contract, or a weights file that is missing, truncated or does not
+    match the architecture (names and shapes are compared on the meta device).
     """
-    model = bentoml.models.get(tag)
+    try:
+        model = bentoml.models.get(tag)
+    except (NotFound, BentoMLException, ValueError) as exc:
+        raise ContractError(
+            f"model {tag!r} is not in the BentoML store ({exc}); train one with `python -m training` "
+            "or set CLASSIFIER_MODEL_TAG to a tag from `bentoml models list`"
+        ) from None
     contract = ModelContract.from_metadata(model.info.metadata)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_classifier(contract.backbone, contract.num_classes, contract.dropout).state_dict().items()}
+    try:
+        with safe_open(model.path_of(WEIGHTS_FILE), framework="pt") as fh:
+            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (OSError, SafetensorError) as exc:
+        raise ContractError(f"model {model.tag}: {WEIGHTS_FILE} is missing or unreadable ({exc}); retrain or re-import it") from None
+    if found != expected:
+        diff = sorted(set(found.items()) ^ set(expected.items()))[:3]
+        raise ContractError(f"model {model.tag}: the weights do not match its contract ({contract.backbone}, "
+                            f"{contract.num_classes} classes); differing entries: {diff}")
+    return ModelDescription(str(model.tag), contract, dict(model.info.metadata))
+
+
+def load_model(tag: str) -> LoadedModel:
+    """Load a saved model by tag on the CPU, in eval mode; raises ContractError as describe_model does."""
+    description = describe_model(tag)
+    contract = description.contract
     network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
     try:
-        state = load_file(model.path_of(WEIGHTS_FILE))
-        network.load_state_dict(state, strict=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ContractError(f"model {model.tag}: the weights do not load into {contract.backbone} ({exc})") from exc
-    return LoadedModel(str(model.tag), contract, network.eval(), dict(model.info.metadata))
+        network.load_state_dict(load_file(bentoml.models.get(description.tag).path_of(WEIGHTS_FILE)), strict=True)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        raise ContractError(f"model {description.tag}: the weights do not load into {contract.backbone} ({exc})") from exc
+    return LoadedModel(description.tag, contract, network.eval(), description.metadata)

@@ -1,8 +1,12 @@
-"""The service's response schemas (visible in the OpenAPI page)."""
+"""Request-independent response schemas; they appear in the OpenAPI page at /docs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
+
+from service.contract import ModelContract
 
 
 class ClassScore(BaseModel):
@@ -11,5 +15,51 @@ class ClassScore(BaseModel):
 
 
 class Prediction(BaseModel):
-    model: str = Field(description="tag of the model that answered, name:version")
-    top_k: list[ClassScore] = Field(description="most probable classes first")
+    """The result for one image."""
+
+    label: str = Field(description="the most probable class")
+    probability: float = Field(ge=0.0, le=1.0, description="its probability")
+    top_k: list[ClassScore] = Field(description="the k most probable classes, most probable first")
+    filename: str | None = Field(None, description="the uploaded file's name, when it had one")
+
+
+class PredictResponse(Prediction):
+    model: str = Field(description="tag of the model that answered (name:version)")
+
+
+class BatchPredictResponse(BaseModel):
+    model: str = Field(description="tag of the model that answered (name:version)")
+    results: list[Prediction] = Field(description="one result per image, in the order they were sent")
+
+
+class ErrorDetail(BaseModel):
+    reason: str = Field(description="stable machine-readable code, e.g. not_an_image, too_many_pixels")
+    message: str = Field(description="what was wrong, in words")
+    file: str | None = Field(None, description="the file it concerns, in a multi-image request")
+    index: int | None = Field(None, description="that file's position (0-based) in a multi-image request")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Limits(BaseModel):
+    max_body_bytes: int
+    max_pixels: int
+    max_images: int
+
+
+class Batching(BaseModel):
+    max_batch_size: int
+    max_latency_ms: int
+
+
+class ModelInfo(BaseModel):
+    tag: str = Field(description="the served model, name:version")
+    class_names: list[str]
+    backbone: str
+    contract: ModelContract = Field(description="preprocessing and architecture the model was trained with")
+    device: str = Field(description="where inference runs: cpu or cuda")
+    training_metrics: dict[str, Any] = Field(description="test-split metrics recorded at training time")
+    batching: Batching
+    limits: Limits

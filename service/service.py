@@ -1,49 +1,198 @@
-"""The BentoML service: endpoints only; decoding, preprocessing and inference live in their modules.
+"""The BentoML services: endpoints only. Decoding, preprocessing, inference and metrics live in their modules.
 
-A first cut (issue #2 needs something to serve); issue #3 adds adaptive batching, the
-multi-image and raw-body endpoints, limits, metrics and packaging.
+Two services in one server (``bentoml serve service.service:ImageClassifier``):
+- ImageClassifier, the public front: parses and validates each upload and decodes it in a
+  thread, so a bad image gets its own 4xx before anything is batched;
+- ModelRunner, reached through ``bentoml.depends``: BentoML's adaptive batching across all
+  clients, then one forward pass per batch. BentoML connects the two over a Unix socket in a
+  private temporary folder, so the runner (which takes numpy arrays, pickled) is not reachable
+  from the network.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-from pathlib import Path
-from typing import Annotated
+import sys
+import time
 
+import anyio
 import bentoml
-from bentoml.exceptions import InvalidArgument
-from bentoml.validators import ContentType
+import numpy as np
+import torch
+from bentoml.exceptions import BentoMLException
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
-from service.contract import DEFAULT_MODEL_NAME
-from service.engine import TorchEngine, pick_device, top_classes
-from service.imaging import DEFAULT_MAX_PIXELS, InputError
-from service.model_store import load_model
+from service.contract import ContractError
+from service.engine import TorchEngine, cpu_threads, pick_device
+from service.imaging import InputError
+from service.metrics import metrics
+from service.model_store import describe_model, load_model
+from service.postprocessing import default_top_k, to_prediction
 from service.preprocessing import prepare_image
-from service.schemas import Prediction
+from service.schemas import BatchPredictResponse, Batching, ErrorResponse, Limits, ModelInfo, PredictResponse
+from service.settings import ServiceSettings, SettingsError
+from service.uploads import ApiError, Upload, many_images, single_image
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("service")
 
 
-@bentoml.service(traffic={"timeout": 60})
-class ImageClassifier:
-    def __init__(self) -> None:
-        tag = os.environ.get("MODEL_TAG", f"{DEFAULT_MODEL_NAME}:latest")
-        self.max_pixels = int(os.environ.get("MAX_PIXELS", DEFAULT_MAX_PIXELS))
-        loaded = load_model(tag)
-        self.tag = loaded.tag
-        self.engine = TorchEngine(loaded, pick_device())
-        self.engine.warm_up()  # /readyz turns ready only after this
-        logger.info("serving %s on %s", self.tag, self.engine.device)
+def _settings_or_exit() -> ServiceSettings:
+    """Settings, or one line on stderr and exit code 2: a misconfigured server must not start."""
+    try:
+        return ServiceSettings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
-    @bentoml.api(route="/predict")
-    def predict(self, image: Annotated[Path, ContentType("image/*")], top_k: int = 5) -> Prediction:
-        """Classify one uploaded image (multipart field ``image``)."""
-        if top_k < 1:
-            raise InvalidArgument("top_k must be at least 1")
+
+# BentoML fixes batching parameters in the decorator, so they are read when the server loads this
+# module at start-up; everything else is read in the services' __init__.
+_BATCHING = _settings_or_exit()
+
+
+@bentoml.service(name="model_runner", workers=1, traffic={"timeout": 120})
+class ModelRunner:
+    """Runs the model on batches formed by BentoML across all concurrent requests."""
+
+    @bentoml.on_deployment
+    def preflight() -> None:
+        """Once, before any worker starts: an unusable model stops the server with one line."""
+        settings = _settings_or_exit()
         try:
-            tensor = prepare_image(image.read_bytes(), self.engine.contract, max_pixels=self.max_pixels)
+            describe_model(settings.model_tag)
+            pick_device(settings.device)
+        except (ContractError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def __init__(self) -> None:
+        self.ready = False
+        settings = ServiceSettings.from_env()
+        loaded = load_model(settings.model_tag)
+        self.engine = TorchEngine(loaded, pick_device(settings.device), threads=cpu_threads(settings.inference_threads, 1))
+        self.engine.warm_up()
+        metrics().model_info.labels(loaded.tag, loaded.contract.backbone, self.engine.device.type).set(1)
+        self.ready = True
+        logger.info("model %s ready on %s", loaded.tag, self.engine.device)
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_BATCHING.max_batch_size,
+                 max_latency_ms=_BATCHING.max_latency_ms)
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, 3, S, S] -> probabilities [N, C]."""
+        start = time.perf_counter()
+        probs = self.engine.predict(images)
+        m = metrics()
+        m.inference_seconds.observe(time.perf_counter() - start)
+        m.batch_images.observe(len(images))
+        return probs
+
+
+api = FastAPI(
+    title="Image classifier",
+    description="Transfer-learned image classification. Errors are JSON: {\"error\": {\"reason\", \"message\", \"file\", \"index\"}}.",
+)
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 415, 503)}
+_ONE_IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                       "properties": {"image": {"type": "string", "format": "binary"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+}}}
+_MANY_IMAGES_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+}}}
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    metrics().rejected.labels(exc.reason).inc()
+    body = ErrorResponse(error={"reason": exc.reason, "message": exc.message, "file": exc.file, "index": exc.index})
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return JSONResponse(body.model_dump(), status_code=exc.status, headers=headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return await _api_error(request, ApiError(400, "bad_parameter", f"{where}: {first.get('msg')}"))
+
+
+@bentoml.service(name="image_classifier", workers=1, traffic={"timeout": 120})
+@bentoml.asgi_app(api, path="/v1")
+class ImageClassifier:
+    """Public endpoints under /v1; BentoML adds /livez, /readyz, /metrics and /docs."""
+
+    runner = bentoml.depends(ModelRunner)
+
+    def __init__(self) -> None:
+        self.settings = ServiceSettings.from_env()
+        self.model = describe_model(self.settings.model_tag)
+        self.device = pick_device(self.settings.device).type
+        torch.set_num_threads(1)  # decoding runs in threads here; leave the cores to the model runner
+        metrics()
+
+    @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_ONE_IMAGE_BODY)
+    async def predict(self, request: Request, top_k: int | None = Query(None, ge=1)) -> PredictResponse:
+        """Classify one image: a multipart file in field `image`, or the raw body with an image/* type."""
+        upload = await single_image(request, max_bytes=self.settings.max_body_bytes)
+        (result,) = await self._classify([upload], top_k, many=False)
+        return PredictResponse(model=self.model.tag, **result.model_dump())
+
+    @api.post("/predict/batch", response_model=BatchPredictResponse, responses=_ERRORS, openapi_extra=_MANY_IMAGES_BODY)
+    async def predict_batch(self, request: Request, top_k: int | None = Query(None, ge=1)) -> BatchPredictResponse:
+        """Classify several images (multipart files in field `images`); results in the order sent."""
+        uploads = await many_images(request, max_bytes=self.settings.max_body_bytes, max_images=self.settings.max_images)
+        return BatchPredictResponse(model=self.model.tag, results=await self._classify(uploads, top_k, many=True))
+
+    @api.get("/model", response_model=ModelInfo)
+    async def model_info(self) -> ModelInfo:
+        """The served model: tag, classes, contract, device, training metrics, batching and limits."""
+        s, contract = self.settings, self.model.contract
+        return ModelInfo(
+            tag=self.model.tag, class_names=list(contract.class_names), backbone=contract.backbone, contract=contract,
+            device=self.device, training_metrics=self.model.metadata.get("test_metrics", {}),
+            batching=Batching(max_batch_size=_BATCHING.max_batch_size, max_latency_ms=_BATCHING.max_latency_ms),
+            limits=Limits(max_body_bytes=s.max_body_bytes, max_pixels=s.max_pixels, max_images=s.max_images),
+        )
+
+    async def _classify(self, uploads: list[Upload], top_k: int | None, *, many: bool):
+        contract = self.model.contract
+        prepared = await asyncio.gather(
+            *(self._prepare(u, i if many else None) for i, u in enumerate(uploads)), return_exceptions=True
+        )
+        for outcome in prepared:  # report the first bad image in the order sent
+            if isinstance(outcome, BaseException):
+                raise outcome
+        tensors = prepared
+        try:
+            probs = await self.runner.to_async.infer(np.stack(tensors))
+        except BentoMLException as exc:
+            if getattr(exc, "error_code", None) == 503:
+                raise ApiError(503, "overloaded", "the model is busy; retry shortly") from exc
+            raise
+        k = top_k or default_top_k(contract.num_classes)
+        results = [to_prediction(p, contract.class_names, k, u.filename) for p, u in zip(probs, uploads)]
+        m = metrics()
+        for result in results:
+            m.predictions.labels(result.label).inc()
+            m.confidence.observe(result.probability)
+        return results
+
+    async def _prepare(self, upload: Upload, index: int | None) -> np.ndarray:
+        """Decode and preprocess in a worker thread; a bad image is a 400 naming the file."""
+        start = time.perf_counter()
+        try:
+            tensor = await anyio.to_thread.run_sync(
+                lambda: prepare_image(upload.data, self.model.contract, max_pixels=self.settings.max_pixels)
+            )
         except InputError as exc:
-            raise InvalidArgument(f"{exc.reason}: {exc.message}") from exc
-        probs = self.engine.predict(tensor.unsqueeze(0))[0]
-        return Prediction(model=self.tag, top_k=top_classes(probs, self.engine.contract.class_names, top_k))
+            raise ApiError(400, exc.reason, exc.message, file=upload.filename, index=index) from exc
+        metrics().preprocess_seconds.observe(time.perf_counter() - start)
+        return tensor.numpy()

@@ -30,7 +30,7 @@ def _summary(result: RunResult) -> str:
         f"feature cache {cache}",
         f"report       {result.report_path}",
         *(f"plot         {p}" for p in result.plots),
-        f"serve it     MODEL_TAG={result.tag} bentoml serve service.service:ImageClassifier",
+        f"serve it     CLASSIFIER_MODEL_TAG={result.tag} bentoml serve service.service:ImageClassifier",
     ]
     return "\n".join(lines)
 

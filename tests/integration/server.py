@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def private_home() -> Path:
+    """A BENTOML_HOME that shares the session's models and bentos but not BentoML's Prometheus folder.
+
+    BentoML keeps its multiprocess metrics in $BENTOML_HOME/prometheus_multiproc_dir and clears it
+    when a server starts, so two servers on one home would wipe each other's metrics.
+    """
+    shared = Path(os.environ["BENTOML_HOME"])
+    home = Path(tempfile.mkdtemp(prefix="bentoml-home-"))
+    for sub in ("models", "bentos"):
+        (shared / sub).mkdir(parents=True, exist_ok=True)
+        (home / sub).symlink_to(shared / sub)
+    return home
+
+
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
@@ -32,14 +47,15 @@ def _ready(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def serve(env: dict[str, str], *, timeout: float = 180) -> Iterator[str]:
+def serve(env: dict[str, str], *, target: str = "service.service:ImageClassifier", timeout: float = 180) -> Iterator[str]:
     """Yield the base URL of a running server; stop it afterwards. Polls /readyz, never a fixed sleep."""
     port = free_port()
+    home = private_home()
     log = tempfile.NamedTemporaryFile("w+", prefix=f"serve-{port}-", suffix=".log")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1",
+        [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
          "--port", str(port)],
-        cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO, env={**os.environ, "BENTOML_HOME": str(home), **env}, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -57,3 +73,4 @@ def serve(env: dict[str, str], *, timeout: float = 180) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        shutil.rmtree(home, ignore_errors=True)

@@ -14,12 +14,12 @@ def test_trained_model_is_served(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=12)
     tag = saved_tag(train("--data", str(data), "--name", "served", "--weights", "none", "--image-size", "64",
                           "--epochs", "2", "--workers", "0", "--output", str(tmp_path / "out")))
-    with serve({"MODEL_TAG": "served:latest"}) as url:
-        ok = httpx.post(f"{url}/predict", files={"image": ("hopper.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes(), "image/jpeg")}, timeout=60)
+    with serve({"CLASSIFIER_MODEL_TAG": "served:latest"}) as url:
+        ok = httpx.post(f"{url}/v1/predict", files={"image": ("hopper.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes(), "image/jpeg")}, timeout=60)
         assert ok.status_code == 200, ok.text
         body = ok.json()
         assert body["model"] == tag
         assert [s["label"] for s in body["top_k"]] in (["cats", "dogs"], ["dogs", "cats"])
         assert sum(s["probability"] for s in body["top_k"]) == pytest.approx(1.0, abs=1e-4)
-        bad = httpx.post(f"{url}/predict", files={"image": ("broken.png", (ODD_IMAGES / "broken.png").read_bytes(), "image/png")}, timeout=60)
+        bad = httpx.post(f"{url}/v1/predict", files={"image": ("broken.png", (ODD_IMAGES / "broken.png").read_bytes(), "image/png")}, timeout=60)
         assert bad.status_code == 400 and "not_an_image" in bad.text

@@ -1,0 +1,63 @@
+"""The project's own Prometheus metrics, defined once.
+
+They are served at ``/metrics`` beside BentoML's own request and adaptive-batching metrics.
+Created on first use (at start-up), after BentoML has set up prometheus_client's
+multiprocess mode for the worker, never at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREFIX = "image_classifier"
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    predictions: Counter
+    confidence: Histogram
+    rejected: Counter
+    preprocess_seconds: Histogram
+    inference_seconds: Histogram
+    batch_images: Histogram
+    model_info: Gauge
+
+
+@lru_cache(maxsize=1)
+def metrics() -> ServiceMetrics:
+    """The process's metric objects (created once)."""
+    return ServiceMetrics(
+        predictions=Counter(
+            f"{PREFIX}_predictions", "Images classified, by predicted (top-1) class.", ["class_name"]
+        ),
+        confidence=Histogram(
+            f"{PREFIX}_prediction_confidence", "Probability of the top-1 class of each classified image.",
+            buckets=_CONFIDENCE,
+        ),
+        rejected=Counter(
+            f"{PREFIX}_rejected_inputs",
+            "Requests or images refused before inference, by reason (e.g. not_an_image, too_many_pixels, "
+            "body_too_large, unsupported_media_type).",
+            ["reason"],
+        ),
+        preprocess_seconds=Histogram(
+            f"{PREFIX}_preprocess_duration_seconds", "Time to decode, resize and crop one image.", buckets=_SECONDS
+        ),
+        inference_seconds=Histogram(
+            f"{PREFIX}_inference_duration_seconds", "Time of one forward pass of the model over a batch.",
+            buckets=_SECONDS,
+        ),
+        batch_images=Histogram(
+            f"{PREFIX}_inference_batch_images", "Images in each batch the model ran (BentoML's adaptive "
+            "batch size metric counts requests; this counts images).", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        ),
+        model_info=Gauge(
+            f"{PREFIX}_model_info", "The model being served (value 1): its tag, backbone and device.",
+            ["tag", "backbone", "device"], multiprocess_mode="max",
+        ),
+    )

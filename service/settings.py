@@ -1,0 +1,52 @@
+"""The service's settings: environment variables, read and validated once at start-up.
+
+Every variable is prefixed ``CLASSIFIER_``; e.g. ``CLASSIFIER_MODEL_TAG=transfer-classifier:abc123``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.contract import DEFAULT_MODEL_NAME
+from service.imaging import DEFAULT_MAX_PIXELS
+
+ENV_PREFIX = "CLASSIFIER_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+class ServiceSettings(BaseModel):
+    """What an operator can configure; field names are the variables without the prefix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    model_tag: str = Field(f"{DEFAULT_MODEL_NAME}:latest", description="BentoML model to serve (name or name:version)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
+    max_batch_size: int = Field(16, ge=1, le=512, description="largest batch the model service runs")
+    max_latency_ms: int = Field(10_000, ge=10, le=600_000, description="adaptive batching's latency budget")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above)")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) decoded")
+    max_images: int = Field(32, ge=1, le=1024, description="most images in one multi-image request")
+    inference_threads: int = Field(0, ge=0, description="torch CPU threads per model worker; 0: the worker's share")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+        """Read ``CLASSIFIER_*`` variables; raises SettingsError with one line naming the variable."""
+        environ = os.environ if environ is None else environ
+        values = {
+            name: environ[ENV_PREFIX + name.upper()]
+            for name in cls.model_fields
+            if ENV_PREFIX + name.upper() in environ
+        }
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            var = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX
+            raise SettingsError(f"{var}={values.get(str(first['loc'][0]), '')!r}: {first['msg']}") from None

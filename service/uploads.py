@@ -1,0 +1,125 @@
+"""HTTP request -> uploaded image bytes, within the configured limits.
+
+The project parses uploads itself rather than through BentoML's IO types, so that every bad
+request gets a precise 4xx (BentoML answers a non-image PIL upload with 500) and no request can
+make the server fetch a URL or read an unbounded body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+SINGLE_FIELD = "image"
+MANY_FIELD = "images"
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+class ApiError(Exception):
+    """A request the service refuses: HTTP status, stable reason code, message, and the file concerned."""
+
+    def __init__(self, status: int, reason: str, message: str, *, file: str | None = None, index: int | None = None):
+        super().__init__(message)
+        self.status, self.reason, self.message, self.file, self.index = status, reason, message, file, index
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refusing (413) as soon as it exceeds ``max_bytes``, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
+        if int(declared) > max_bytes:
+            raise ApiError(413, "body_too_large", f"the body is {int(declared):,} bytes, over the limit of {max_bytes:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, "body_too_large", f"the body is over the limit of {max_bytes:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def single_image(request: Request, *, max_bytes: int) -> Upload:
+    """One image: multipart field ``image``, or the raw body with an ``image/*`` content type."""
+    kind = media_type(request)
+    if kind == "multipart/form-data":
+        files = await _form_files(request, SINGLE_FIELD, max_bytes=max_bytes, max_files=1)
+        if len(files) != 1:
+            raise ApiError(400, "too_many_images", f"send exactly one file in field '{SINGLE_FIELD}', or use /v1/predict/batch")
+        return files[0]
+    if kind.startswith(RAW_TYPES):
+        data = await read_body(request, max_bytes)
+        if not data:
+            raise ApiError(400, "empty", "the request body is empty; send the image bytes")
+        return Upload(None, data)
+    raise _unsupported(kind, "multipart/form-data (field 'image') or a raw image/* body")
+
+
+async def many_images(request: Request, *, max_bytes: int, max_images: int) -> list[Upload]:
+    """The files of multipart field ``images``, in the order sent."""
+    kind = media_type(request)
+    if kind != "multipart/form-data":
+        raise _unsupported(kind, f"multipart/form-data with one or more files in field '{MANY_FIELD}'")
+    return await _form_files(request, MANY_FIELD, max_bytes=max_bytes, max_files=max_images)
+
+
+async def _form_files(request: Request, field: str, *, max_bytes: int, max_files: int) -> list[Upload]:
+    body = await read_body(request, max_bytes)
+    replay = Request(request.scope, receive=_replay(body))
+    try:
+        form = await replay.form(max_files=max_files, max_fields=16)
+    except (MultiPartException, HTTPException) as exc:  # Starlette wraps parser errors in HTTPException
+        detail = str(getattr(exc, "detail", exc))
+        if "Too many files" in detail:
+            raise ApiError(400, "too_many_images", f"at most {max_files} image(s) per request ({detail})") from exc
+        raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({detail})") from exc
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({exc})") from exc
+    try:
+        values = form.getlist(field)
+        if not values:
+            present = ", ".join(sorted(set(form.keys()))) or "none"
+            raise ApiError(400, "missing_field", f"no file in multipart field '{field}' (fields sent: {present})")
+        uploads = []
+        for index, value in enumerate(values):
+            if not isinstance(value, UploadFile):
+                raise ApiError(400, "missing_field", f"field '{field}' must be a file upload, not text", index=index)
+            data = await value.read()
+            if not data:
+                raise ApiError(400, "empty", "the uploaded file is empty (0 bytes)", file=value.filename, index=index)
+            uploads.append(Upload(value.filename, data))
+        return uploads
+    finally:
+        await form.close()
+
+
+def _replay(body: bytes):
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _unsupported(kind: str, expected: str) -> ApiError:
+    return ApiError(415, "unsupported_media_type", f"content type {kind or '(none)'!r} is not accepted; send {expected}")

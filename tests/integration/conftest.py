@@ -1,0 +1,33 @@
+"""A model trained once by the real CLI, and the real server serving it, shared by the service tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.server import serve
+from tests.support.cli import saved_tag, train
+from tests.support.synthetic import make_dataset
+
+SERVER_ENV = {
+    "CLASSIFIER_MAX_BATCH_SIZE": "4",
+    "CLASSIFIER_MAX_LATENCY_MS": "30000",
+    "CLASSIFIER_MAX_BODY_BYTES": str(2 * 1024 * 1024),
+    "CLASSIFIER_MAX_IMAGES": "12",
+    "CLASSIFIER_MAX_PIXELS": "2000000",
+}
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory) -> str:
+    """Tag of a small model (ResNet50, random init, 64 px) trained on generated images."""
+    root = tmp_path_factory.mktemp("service-model")
+    data = make_dataset(root / "data", per_class=12)
+    return saved_tag(train("--data", str(data), "--name", "service-test", "--weights", "none", "--image-size", "64",
+                           "--epochs", "3", "--workers", "0", "--output", str(root / "out")))
+
+
+@pytest.fixture(scope="session")
+def server(trained_model) -> str:
+    """Base URL of `bentoml serve service.service:ImageClassifier` serving that model."""
+    with serve({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV}) as url:
+        yield url

@@ -1,0 +1,60 @@
+"""A server that cannot serve correctly must not start: one clear line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import bentoml
+import pytest
+
+from service.contract import METADATA_KEY
+from service.model_store import WEIGHTS_FILE
+from tests.integration.server import REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def start(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--port", str(free_port())],
+        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=180,
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def copy_model(source_tag: str, name: str, *, weights: bytes | None = None, metadata_change: dict | None = None) -> str:
+    source = bentoml.models.get(source_tag)
+    metadata = dict(source.info.metadata)
+    if metadata_change:
+        metadata[METADATA_KEY] = {**metadata[METADATA_KEY], **metadata_change}
+    with bentoml.models.create(name, metadata=metadata) as model:
+        data = open(source.path_of(WEIGHTS_FILE), "rb").read()
+        with open(model.path_of(WEIGHTS_FILE), "wb") as fh:
+            fh.write(data if weights is None else weights(data))
+    return str(model.tag)
+
+
+def test_missing_model(trained_model):
+    assert_refused(start({"CLASSIFIER_MODEL_TAG": "no-such-model:latest"}), "is not in the BentoML store")
+
+
+def test_bad_setting():
+    assert_refused(start({"CLASSIFIER_MAX_BATCH_SIZE": "many"}), "CLASSIFIER_MAX_BATCH_SIZE")
+
+
+def test_truncated_weights(trained_model):
+    tag = copy_model(trained_model, "truncated", weights=lambda data: data[: len(data) // 2])
+    assert_refused(start({"CLASSIFIER_MODEL_TAG": tag}), "missing or unreadable")
+
+
+def test_metadata_that_does_not_match_the_weights(trained_model):
+    tag = copy_model(trained_model, "mismatch", metadata_change={"class_names": ["a", "b", "c"]})
+    assert_refused(start({"CLASSIFIER_MODEL_TAG": tag}), "do not match its contract")

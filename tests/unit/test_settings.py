@@ -1,0 +1,23 @@
+import pytest
+
+from service.settings import ServiceSettings, SettingsError
+
+
+def test_defaults_are_explicit():
+    s = ServiceSettings.from_env({})
+    assert s.model_tag == "transfer-classifier:latest"
+    assert (s.max_batch_size, s.max_latency_ms, s.max_images) == (16, 10_000, 32)
+    assert s.max_body_bytes == 20 * 1024 * 1024 and s.max_pixels == 40_000_000
+
+
+def test_environment_overrides():
+    s = ServiceSettings.from_env({"CLASSIFIER_MODEL_TAG": "m:1", "CLASSIFIER_MAX_BATCH_SIZE": "4", "OTHER": "x"})
+    assert s.model_tag == "m:1" and s.max_batch_size == 4
+
+
+@pytest.mark.parametrize("var, value", [("CLASSIFIER_MAX_BATCH_SIZE", "abc"), ("CLASSIFIER_MAX_BATCH_SIZE", "0"),
+                                        ("CLASSIFIER_DEVICE", "tpu")])
+def test_bad_values_name_the_variable(var, value):
+    with pytest.raises(SettingsError, match=var) as info:
+        ServiceSettings.from_env({var: value})
+    assert "\n" not in str(info.value)
