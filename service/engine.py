@@ -15,12 +15,16 @@ logger = logging.getLogger(__name__)
 
 
 def pick_device(choice: str = "auto") -> torch.device:
-    """"auto": CUDA when present, else CPU. Asking for CUDA without one raises ValueError."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CLASSIFIER_DEVICE=cuda, but no CUDA device is available")
+    """"auto": CUDA when present, else CPU; "cpu", "cuda" or "cuda:N" otherwise.
+
+    Raises ValueError for a CUDA device that is not there.
+    """
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+    device = torch.device(choice)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"{choice} was asked for, but no such CUDA device is available")
+    return device
 
 
 def cpu_threads(requested: int, workers: int) -> int:

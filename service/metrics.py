@@ -58,6 +58,6 @@ def metrics() -> ServiceMetrics:
         ),
         model_info=Gauge(
             f"{PREFIX}_model_info", "The model being served (value 1): its tag, backbone and device.",
-            ["tag", "backbone", "device"], multiprocess_mode="max",
+            ["tag", "backbone", "device"], multiprocess_mode="livemax",
         ),
     )

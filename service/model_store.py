@@ -11,7 +11,7 @@ from typing import Any
 
 import bentoml
 import torch
-from bentoml.exceptions import BentoMLException, NotFound
+from bentoml.exceptions import BentoMLException
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
@@ -24,9 +24,10 @@ METRICS_FILE = "metrics.json"
 
 @dataclass(frozen=True)
 class ModelDescription:
-    tag: str
+    tag: str  # resolved: name:version, never :latest
     contract: ModelContract
     metadata: dict[str, Any]
+    weights_path: str
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def describe_model(tag: str) -> ModelDescription:
     """
     try:
         model = bentoml.models.get(tag)
-    except (NotFound, BentoMLException, ValueError) as exc:
+    except (BentoMLException, ValueError) as exc:  # NotFound, or a malformed tag
         raise ContractError(
             f"model {tag!r} is not in the BentoML store ({exc}); train one with `python -m training` "
             "or set CLASSIFIER_MODEL_TAG to a tag from `bentoml models list`"
@@ -54,8 +55,9 @@ def describe_model(tag: str) -> ModelDescription:
     contract = ModelContract.from_metadata(model.info.metadata)
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in build_classifier(contract.backbone, contract.num_classes, contract.dropout).state_dict().items()}
+    weights_path = model.path_of(WEIGHTS_FILE)
     try:
-        with safe_open(model.path_of(WEIGHTS_FILE), framework="pt") as fh:
+        with safe_open(weights_path, framework="pt") as fh:
             found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except (OSError, SafetensorError) as exc:
         raise ContractError(f"model {model.tag}: {WEIGHTS_FILE} is missing or unreadable ({exc}); retrain or re-import it") from None
@@ -63,7 +65,7 @@ def describe_model(tag: str) -> ModelDescription:
         diff = sorted(set(found.items()) ^ set(expected.items()))[:3]
         raise ContractError(f"model {model.tag}: the weights do not match its contract ({contract.backbone}, "
                             f"{contract.num_classes} classes); differing entries: {diff}")
-    return ModelDescription(str(model.tag), contract, dict(model.info.metadata))
+    return ModelDescription(str(model.tag), contract, dict(model.info.metadata), weights_path)
 
 
 def load_model(tag: str) -> LoadedModel:
@@ -72,7 +74,7 @@ def load_model(tag: str) -> LoadedModel:
     contract = description.contract
     network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
     try:
-        network.load_state_dict(load_file(bentoml.models.get(description.tag).path_of(WEIGHTS_FILE)), strict=True)
+        network.load_state_dict(load_file(description.weights_path), strict=True)
     except (OSError, RuntimeError, SafetensorError) as exc:
         raise ContractError(f"model {description.tag}: the weights do not load into {contract.backbone} ({exc})") from exc
     return LoadedModel(description.tag, contract, network.eval(), description.metadata)

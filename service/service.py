@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 
 import anyio
 import bentoml
+import httpx
 import numpy as np
 import torch
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.contract import ContractError
 from service.engine import TorchEngine, cpu_threads, pick_device
@@ -62,11 +65,17 @@ class ModelRunner:
         """Once, before any worker starts: an unusable model stops the server with one line."""
         settings = _settings_or_exit()
         try:
-            describe_model(settings.model_tag)
+            resolved = describe_model(settings.model_tag).tag
             pick_device(settings.device)
         except (ContractError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        # Pin the version ("name:latest" -> "name:abc123") for every worker this server starts, so the
+        # front and the runner (also a restarted one) use the same model even if a newer one lands.
+        os.environ["CLASSIFIER_MODEL_TAG"] = resolved
+        if "BENTOML_NO_UDS" in os.environ:
+            logger.warning("BENTOML_NO_UDS is set: the model runner listens on 127.0.0.1 TCP, where any local "
+                           "user can send it pickled arrays")
 
     def __init__(self) -> None:
         self.ready = False
@@ -111,10 +120,24 @@ _MANY_IMAGES_BODY = {"requestBody": {"required": True, "content": {
 
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    metrics().rejected.labels(exc.reason).inc()
+    if exc.status < 500:
+        metrics().rejected.labels(exc.reason).inc()
     body = ErrorResponse(error={"reason": exc.reason, "message": exc.message, "file": exc.file, "index": exc.index})
     headers = {"Retry-After": "1"} if exc.status == 503 else None
     return JSONResponse(body.model_dump(), status_code=exc.status, headers=headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    reason = {405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return await _api_error(request, ApiError(exc.status_code, reason, str(exc.detail)))
+
+
+@api.exception_handler(Exception)
+async def _bug(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error (a bug): %s", exc)
+    body = ErrorResponse(error={"reason": "internal_error", "message": "unexpected server error; it has been logged"})
+    return JSONResponse(body.model_dump(), status_code=500)
 
 
 @api.exception_handler(RequestValidationError)
@@ -136,7 +159,15 @@ class ImageClassifier:
         self.model = describe_model(self.settings.model_tag)
         self.device = pick_device(self.settings.device).type
         torch.set_num_threads(1)  # decoding runs in threads here; leave the cores to the model runner
+        self._limiter: anyio.CapacityLimiter | None = None
         metrics()
+
+    def _decode_limiter(self) -> anyio.CapacityLimiter:
+        """At most CLASSIFIER_DECODE_CONCURRENCY images decode at once, across all requests: decoded
+        pixels take far more memory than the upload (a 130 KB PNG can be a 40 MP image)."""
+        if self._limiter is None:  # created in the event loop that uses it
+            self._limiter = anyio.CapacityLimiter(self.settings.decode_concurrency or os.cpu_count() or 1)
+        return self._limiter
 
     @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_ONE_IMAGE_BODY)
     async def predict(self, request: Request, top_k: int | None = Query(None, ge=1)) -> PredictResponse:
@@ -176,7 +207,11 @@ class ImageClassifier:
         except BentoMLException as exc:
             if getattr(exc, "error_code", None) == 503:
                 raise ApiError(503, "overloaded", "the model is busy; retry shortly") from exc
-            raise
+            logger.exception("model runner failed")
+            raise ApiError(503, "model_unavailable", "the model service failed; retry shortly") from exc
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+            logger.warning("model runner unreachable: %s", exc)
+            raise ApiError(503, "model_unavailable", "the model service is not reachable; retry shortly") from exc
         k = top_k or default_top_k(contract.num_classes)
         results = [to_prediction(p, contract.class_names, k, u.filename) for p, u in zip(probs, uploads)]
         m = metrics()
@@ -190,7 +225,8 @@ class ImageClassifier:
         start = time.perf_counter()
         try:
             tensor = await anyio.to_thread.run_sync(
-                lambda: prepare_image(upload.data, self.model.contract, max_pixels=self.settings.max_pixels)
+                lambda: prepare_image(upload.data, self.model.contract, max_pixels=self.settings.max_pixels),
+                limiter=self._decode_limiter(),
             )
         except InputError as exc:
             raise ApiError(400, exc.reason, exc.message, file=upload.filename, index=index) from exc

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.contract import DEFAULT_MODEL_NAME
@@ -27,13 +25,14 @@ class ServiceSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
     model_tag: str = Field(f"{DEFAULT_MODEL_NAME}:latest", description="BentoML model to serve (name or name:version)")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (CUDA when present), cpu, cuda, cuda:N")
     max_batch_size: int = Field(16, ge=1, le=512, description="largest batch the model service runs")
     max_latency_ms: int = Field(10_000, ge=10, le=600_000, description="adaptive batching's latency budget")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) decoded")
     max_images: int = Field(32, ge=1, le=1024, description="most images in one multi-image request")
     inference_threads: int = Field(0, ge=0, description="torch CPU threads per model worker; 0: the worker's share")
+    decode_concurrency: int = Field(0, ge=0, description="images decoded at once per front worker; 0: CPU cores")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:

@@ -58,10 +58,8 @@ async def single_image(request: Request, *, max_bytes: int) -> Upload:
     """One image: multipart field ``image``, or the raw body with an ``image/*`` content type."""
     kind = media_type(request)
     if kind == "multipart/form-data":
-        files = await _form_files(request, SINGLE_FIELD, max_bytes=max_bytes, max_files=1)
-        if len(files) != 1:
-            raise ApiError(400, "too_many_images", f"send exactly one file in field '{SINGLE_FIELD}', or use /v1/predict/batch")
-        return files[0]
+        (upload,) = await _form_files(request, SINGLE_FIELD, max_bytes=max_bytes, max_files=1)
+        return upload
     if kind.startswith(RAW_TYPES):
         data = await read_body(request, max_bytes)
         if not data:

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, ContractError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permissions, ... : the user's to fix, not a bug
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

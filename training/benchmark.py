@@ -12,6 +12,7 @@ are comparable even on a noisy machine:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import tempfile
@@ -22,13 +23,12 @@ import torch
 from torch.nn import functional as F
 
 from service.architecture import Classifier
-from training import features as feats
 from training.config import TrainConfig
 from training.data import load_splits
-from training.datasets import Augmentation, ImageFiles, make_loader
+from training.datasets import Augmentation, image_loader
 from training.loop import train_head
 from training.model import attach_head, freeze_backbone, load_backbone
-from training.pipeline import make_contract, resolve_device, seed_everything
+from training.pipeline import cached_features, make_contract, resolve_device, seed_everything
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 
@@ -38,7 +38,8 @@ def every_epoch(model: Classifier, train_loader, val_loader, *, epochs: int, lr:
     start = time.perf_counter()
     optimizer = torch.optim.Adam(model.head.parameters(), lr=lr)
     model.backbone.eval()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        train_loader.dataset.set_epoch(epoch)
         model.head.train()
         for images, labels in train_loader:
             with torch.inference_mode():
@@ -54,30 +55,14 @@ def every_epoch(model: Classifier, train_loader, val_loader, *, epochs: int, lr:
     return time.perf_counter() - start
 
 
-def with_cache(model, cfg: TrainConfig, splits, contract, augmentation, cache_dir: Path, device) -> tuple[float, bool]:
-    """Extract (or load) train views and val features, then train the head for cfg.epochs."""
+def with_cache(model, cfg: TrainConfig, splits, contract, augmentation, weights_id, device) -> tuple[float, bool]:
+    """Extract (or load) train views and val features as training does, then train the head for cfg.epochs."""
     start = time.perf_counter()
-    tensors = {}
-    hit = True
-    for split, aug, views in (("train", augmentation, cfg.aug_views), ("val", None, 1)):
-        samples = getattr(splits, split)
-
-        def compute(samples=samples, aug=aug, views=views):
-            runs = [feats.extract(model.backbone, _loader(cfg, samples, contract, aug, cfg.seed + v), device, "features")
-                    for v in range(views)]
-            return {"features": torch.stack([f for f, _ in runs]), "labels": runs[0][1]}
-
-        tensors[split], split_hit = feats.cached(cache_dir, {"split": split, "views": views}, compute)
-        hit = hit and split_hit
-    train_head(model.head, tensors["train"]["features"], tensors["train"]["labels"], tensors["val"]["features"][0],
-               tensors["val"]["labels"], epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
-               device=device)
-    return time.perf_counter() - start, hit
-
-
-def _loader(cfg, samples, contract, aug, seed, shuffle=False):
-    return make_loader(ImageFiles(samples, contract, aug), batch_size=cfg.batch_size, workers=cfg.workers,
-                       shuffle=shuffle, seed=seed)
+    cached, hits = cached_features(cfg, model, contract, splits, augmentation, weights_id, device,
+                                   splits_wanted=("train", "val"))
+    train_head(model.head, *cached["train"], *cached["val"], epochs=cfg.epochs, lr=cfg.lr,
+               batch_size=cfg.batch_size, seed=cfg.seed, device=device)
+    return time.perf_counter() - start, all(hits.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    cfg = TrainConfig(data=args.data, cache_dir=Path("."), weights=args.weights, backbone=args.backbone,
+    tmp = tempfile.TemporaryDirectory()  # a cold cache for this run only
+    cfg = TrainConfig(data=args.data, cache_dir=Path(tmp.name), weights=args.weights, backbone=args.backbone,
                       image_size=args.image_size, epochs=args.epochs, aug_views=args.aug_views,
                       batch_size=args.batch_size, workers=args.workers)
     device = resolve_device(cfg.device)
@@ -110,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         freeze_backbone(model)
         return model.to(device, memory_format=torch.channels_last)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cold_s, cold_hit = with_cache(fresh_model(), cfg, splits, contract, augmentation, Path(tmp), device)
-        warm_s, warm_hit = with_cache(fresh_model(), cfg, splits, contract, augmentation, Path(tmp), device)
+    with tmp:
+        cold_s, cold_hit = with_cache(fresh_model(), cfg, splits, contract, augmentation, weights_id, device)
+        warm_s, warm_hit = with_cache(fresh_model(), cfg, splits, contract, augmentation, weights_id, device)
     assert not cold_hit and warm_hit
-    slow_s = every_epoch(fresh_model(), _loader(cfg, splits.train, contract, augmentation, cfg.seed, shuffle=True),
-                         _loader(cfg, splits.val, contract, None, cfg.seed), epochs=cfg.epochs, lr=cfg.lr, device=device)
+    loader = functools.partial(image_loader, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed)
+    slow_s = every_epoch(fresh_model(), loader(splits.train, contract, augmentation=augmentation, shuffle=True),
+                         loader(splits.val, contract), epochs=cfg.epochs, lr=cfg.lr, device=device)
 
     result = {
         "data": str(cfg.data), "train_images": len(splits.train), "val_images": len(splits.val),

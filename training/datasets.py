@@ -41,12 +41,24 @@ class Augmentation:
 
 
 class ImageFiles(Dataset):
-    """(normalised image tensor, label) for each sample, preprocessed exactly as served."""
+    """(normalised image tensor, label) for each sample, preprocessed exactly as served.
 
-    def __init__(self, samples: Sequence[Sample], contract: ModelContract, augmentation: Augmentation | None = None):
+    Augmentation is seeded per (seed, epoch, index): the same image gets the same random view
+    in a given epoch whatever the batch size, worker count or order, so cached features are a
+    function of the cache key alone. ``set_epoch`` moves to the next draw.
+    """
+
+    def __init__(
+        self, samples: Sequence[Sample], contract: ModelContract, augmentation: Augmentation | None = None, *, seed: int = 0
+    ):
         self.samples = list(samples)
         self.contract = contract
         self.augment = augmentation.transform(contract) if augmentation and augmentation.enabled else None
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -55,21 +67,29 @@ class ImageFiles(Dataset):
         sample = self.samples[index]
         image = prepare_image(sample.path.read_bytes(), self.contract, max_pixels=TRAINING_MAX_PIXELS)
         if self.augment is not None:
-            image = self.augment(image)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(hash((self.seed, self.epoch, index)) & 0xFFFF_FFFF)
+                image = self.augment(image)
         return normalize(image, self.contract), sample.label
 
 
-def make_loader(
-    dataset: ImageFiles, *, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0, pin_memory: bool = False
+def image_loader(
+    samples: Sequence[Sample],
+    contract: ModelContract,
+    *,
+    batch_size: int,
+    workers: int,
+    augmentation: Augmentation | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """A seeded DataLoader: the same seed gives the same order and the same augmentations."""
-    generator = torch.Generator().manual_seed(seed)
+    """A seeded DataLoader over image files: the same seed gives the same order and augmentations."""
     return DataLoader(
-        dataset,
+        ImageFiles(samples, contract, augmentation, seed=seed),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         pin_memory=pin_memory,
-        persistent_workers=False,
     )

@@ -35,12 +35,14 @@ def fetch_cats_and_dogs(
     """Return the extracted dataset folder, downloading and verifying it on first use."""
     target = cache_dir / CATS_DOGS_DIR
     archive = cache_dir / "cats_and_dogs_filtered.zip"
-    if (target / ".complete").exists():
-        return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     if not archive.exists():
+        if (target / ".complete").exists():
+            return target  # the user removed the archive to save space: nothing left to check
         _download(url, archive)
     digest = verify_archive(archive, expected_size=expected_size, expected_sha256=expected_sha256)
+    if (target / ".complete").exists():
+        return target
     _extract(archive, cache_dir, target)
     logger.info("dataset ready at %s (sha256 %s)", target, digest)
     return target

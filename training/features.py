@@ -55,12 +55,39 @@ def cached(cache_dir: Path | None, parts: dict[str, Any], compute: Callable[[], 
 
 
 @torch.inference_mode()
-def extract(backbone: nn.Module, loader: DataLoader, device: torch.device, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``backbone`` (in eval mode) over ``loader``: float32 features [N, D] and labels [N]."""
-    backbone.eval()
-    feats, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, unit="batch"):
+def forward_all(module: nn.Module, loader: DataLoader, device: torch.device, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``module`` in eval mode over ``loader``: float32 outputs [N, ...] and labels [N], on the CPU."""
+    module.eval()
+    outputs, labels = [], []
+    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        feats.append(backbone(images).float().cpu())
+        outputs.append(module(images).float().cpu())
         labels.append(targets)
-    return torch.cat(feats), torch.cat(labels)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def load_or_extract(
+    backbone: nn.Module,
+    loader: DataLoader,
+    *,
+    views: int,
+    key: dict[str, Any],
+    cache_dir: Path | None,
+    device: torch.device,
+    desc: str,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Features [views, N, D] and labels [N] of ``loader``'s images, from the cache under ``key`` if there.
+
+    View v is epoch v of the loader's dataset (its v-th augmentation draw). Returns (features,
+    labels, cache hit).
+    """
+
+    def compute() -> FeatureDict:
+        runs = []
+        for view in range(views):
+            loader.dataset.set_epoch(view)
+            runs.append(forward_all(backbone, loader, device, desc + (f" view {view + 1}/{views}" if views > 1 else "")))
+        return {"features": torch.stack([f for f, _ in runs]), "labels": runs[0][1]}
+
+    tensors, hit = cached(cache_dir, {**key, "views": views}, compute)
+    return tensors["features"], tensors["labels"], hit

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from service.architecture import Classifier
+from training.features import forward_all
 from training.model import set_train_mode
 
 
@@ -39,16 +40,9 @@ def evaluate_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor,
     return _evaluation(head(features.to(device)), labels)
 
 
-@torch.inference_mode()
 def evaluate_model(model: Classifier, loader: DataLoader, device: torch.device, desc: str = "evaluate") -> Evaluation:
     """Evaluate the whole network on image batches."""
-    model.eval()
-    logits, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        logits.append(model(images).float().cpu())
-        labels.append(targets)
-    return _evaluation(torch.cat(logits), torch.cat(labels))
+    return _evaluation(*forward_all(model, loader, device, desc))
 
 
 def epoch_record(phase: str, epoch: int, train: Evaluation | tuple[float, float], val: Evaluation) -> dict:
@@ -138,6 +132,7 @@ def fine_tune(
     optimizer = torch.optim.Adam([*params, *model.head.parameters()], lr=lr)
     history = []
     for epoch in range(first_epoch, first_epoch + epochs):
+        train_loader.dataset.set_epoch(epoch)  # a fresh augmentation draw each epoch
         set_train_mode(model)
         total_loss, correct, count = 0.0, 0, 0
         for images, targets in tqdm(train_loader, desc=f"phase 2: fine-tune epoch {epoch}", unit="batch", leave=False):

@@ -15,12 +15,13 @@ import torch
 from service.architecture import Classifier
 from service.backbones import backbone_spec
 from service.contract import ModelContract
+from service.engine import pick_device
 from service.preprocessing import prepare_image
 from training import features as feats
 from training import report
 from training.config import TrainConfig
 from training.data import TRAINING_MAX_PIXELS, Sample, Splits, load_splits
-from training.datasets import Augmentation, ImageFiles, make_loader
+from training.datasets import Augmentation, image_loader
 from training.download import fetch_cats_and_dogs, sha256_file
 from training.errors import TrainingError
 from training.export import save_model
@@ -49,15 +50,10 @@ class RunResult:
 
 def resolve_device(choice: str) -> torch.device:
     """"auto" picks CUDA when present, else CPU; an explicit CUDA choice must exist."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(choice)
-    except RuntimeError:
-        raise TrainingError(f"--device {choice!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"--device {choice} asked for CUDA, but no CUDA device is available; use --device cpu")
-    return device
+        return pick_device(choice)
+    except (ValueError, RuntimeError) as exc:
+        raise TrainingError(f"--device {choice}: {exc}; use auto, cpu, cuda or cuda:N") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -84,6 +80,10 @@ def run(cfg: TrainConfig) -> RunResult:
     """Train, evaluate, report and save; raises TrainingError on anything the user can fix."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    try:
+        cfg.output.mkdir(parents=True, exist_ok=True)  # before hours of work, not after
+    except OSError as exc:
+        raise TrainingError(f"cannot create the --output folder {cfg.output} ({exc.strerror or exc})") from None
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     backbone_net, weights_id = load_backbone(cfg.backbone, cfg.weights)  # before the data: fail fast offline
@@ -101,7 +101,7 @@ def run(cfg: TrainConfig) -> RunResult:
     augmentation = Augmentation(flip=cfg.flip, rotation=cfg.rotation) if cfg.augment else None
 
     clock = time.perf_counter()
-    cached, hits = _features(cfg, model, contract, splits, augmentation, weights_id, device)
+    cached, hits = cached_features(cfg, model, contract, splits, augmentation, weights_id, device)
     timings["features_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -141,19 +141,14 @@ def log_splits(splits: Splits) -> None:
         logger.info("  %-5s %5d images (%s)", split, sum(per_class.values()), detail)
 
 
-def _loader(cfg: TrainConfig, samples, contract, device, augmentation=None, shuffle=False, seed=None):
-    dataset = ImageFiles(samples, contract, augmentation)
-    return make_loader(
-        dataset, batch_size=cfg.batch_size, workers=cfg.workers, shuffle=shuffle,
-        seed=cfg.seed if seed is None else seed, pin_memory=device.type == "cuda",
-    )
+def _loader(cfg: TrainConfig, samples, contract, device, augmentation=None, shuffle=False):
+    return image_loader(samples, contract, batch_size=cfg.batch_size, workers=cfg.workers, augmentation=augmentation,
+                        shuffle=shuffle, seed=cfg.seed, pin_memory=device.type == "cuda")
 
 
-def _features(cfg, model: Classifier, contract, splits, augmentation, weights_id, device):
+def cached_features(cfg, model: Classifier, contract, splits, augmentation, weights_id, device, splits_wanted=("train", "val", "test")):
     """Cached backbone features: train [V, N, D] (V augmented views), val and test [N, D]."""
-    weights_key = weights_id
-    if weights_id.startswith("file:"):
-        weights_key = sha256_file(Path(cfg.weights).expanduser())
+    weights_key = sha256_file(Path(cfg.weights).expanduser()) if weights_id.startswith("file:") else weights_id
     base = {
         "fingerprint": splits.fingerprint,
         "backbone": cfg.backbone,
@@ -162,24 +157,16 @@ def _features(cfg, model: Classifier, contract, splits, augmentation, weights_id
     }
     cache_dir = cfg.cache_dir / "features" if cfg.feature_cache else None
     out, hits = {}, {}
-    for split in ("train", "val", "test"):
+    for split in splits_wanted:
         samples = getattr(splits, split)
         aug = augmentation if split == "train" else None
-        views = cfg.aug_views if aug else 1
-        parts = {**base, "split": split, "files": _files_key(samples, splits.root), "augmentation": aug and vars(aug),
-                 "views": views, "seed": cfg.seed if aug else None}
-
-        def compute(samples=samples, aug=aug, views=views, split=split):
-            runs = [
-                feats.extract(model.backbone, _loader(cfg, samples, contract, device, aug, seed=cfg.seed + v), device,
-                              desc=f"features {split}" + (f" view {v + 1}/{views}" if views > 1 else ""))
-                for v in range(views)
-            ]
-            return {"features": torch.stack([f for f, _ in runs]), "labels": runs[0][1]}
-
-        tensors, hits[split] = feats.cached(cache_dir, parts, compute)
-        features = tensors["features"]
-        out[split] = (features if split == "train" else features[0], tensors["labels"])
+        key = {**base, "split": split, "files": _files_key(samples, splits.root),
+               "augmentation": aug and vars(aug), "seed": cfg.seed if aug else None}
+        features, labels, hits[split] = feats.load_or_extract(
+            model.backbone, _loader(cfg, samples, contract, device, aug), views=cfg.aug_views if aug else 1,
+            key=key, cache_dir=cache_dir, device=device, desc=f"features {split}",
+        )
+        out[split] = (features if split == "train" else features[0], labels)
     return out, hits
 
 

@@ -23,3 +23,10 @@ def test_trained_model_is_served(tmp_path):
         assert sum(s["probability"] for s in body["top_k"]) == pytest.approx(1.0, abs=1e-4)
         bad = httpx.post(f"{url}/v1/predict", files={"image": ("broken.png", (ODD_IMAGES / "broken.png").read_bytes(), "image/png")}, timeout=60)
         assert bad.status_code == 400 and "not_an_image" in bad.text
+        # A newer version landing in the store does not change what the running server serves:
+        # "served:latest" was pinned to one version for the front and the model runner alike.
+        newer = saved_tag(train("--data", str(data), "--name", "served", "--weights", "none", "--image-size", "64",
+                                "--epochs", "1", "--workers", "0", "--output", str(tmp_path / "out2")))
+        assert newer != tag
+        again = httpx.post(f"{url}/v1/predict", files={"image": ("h.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes())}, timeout=60)
+        assert again.json()["model"] == tag and httpx.get(f"{url}/v1/model").json()["tag"] == tag

@@ -25,12 +25,28 @@ def test_flags_are_parsed():
     assert cfg.effective_resize == 300
 
 
-@pytest.mark.parametrize("argv", [["--epochs", "0"], ["--backbone", "vgg"], ["--batch-size", "0"]])
-def test_bad_values_exit_with_usage_error(argv, capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs: 0 is outside [1, inf)"),
+        (["--backbone", "vgg"], "invalid choice: 'vgg'"),
+        (["--batch-size", "0"], "--batch-size: 0 is outside"),
+        (["--lr", "-1"], "--lr: -1.0 is outside (0, inf)"),
+        (["--dropout", "1"], "--dropout: 1.0 is outside [0, 1)"),
+        (["--image-size", "2000"], "--image-size: 2000 is outside [32, 1024]"),
+        (["--image-size", "64", "--resize-size", "40"], "--resize-size 40 is smaller than --image-size 64"),
+        (["--val-ratio", "1"], "--val-ratio: 1.0 is outside (0, 1)"),
+        (["--workers", "x"], "'x' is not an integer"),
+        (["--name", "Bad Name"], "not a valid BentoML tag"),
+        (["--name", "model:v1"], "without ':version'"),
+    ],
+)
+def test_bad_values_fail_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         parse_args(argv)
     assert info.value.code == 2
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):

@@ -41,8 +41,12 @@ def test_download_verify_extract_then_reuse(tmp_path, http_dir):
     target = fetch_cats_and_dogs(cache, url=f"{base}/data.zip", expected_sha256=digest, expected_size=size)
     assert (target / "train" / "cats" / "a.jpg").read_bytes() == b"x"
     assert (cache / "cats_and_dogs_filtered.zip.sha256").read_text().strip() == digest
-    archive.unlink()  # a second call must not download again
+    archive.unlink()  # a second call must not download again, but checks the cached archive again
     assert fetch_cats_and_dogs(cache, url=f"{base}/data.zip", expected_size=size) == target
+    with pytest.raises(TrainingError, match="SHA-256"):
+        fetch_cats_and_dogs(cache, url=f"{base}/data.zip", expected_sha256="f" * 64, expected_size=size)
+    assert not (cache / "cats_and_dogs_filtered.zip").exists()  # a corrupt cache is removed
+    assert fetch_cats_and_dogs(cache, url=f"{base}/data.zip", expected_size=size) == target  # extracted copy stays
 
 
 def test_offline_fails_fast_with_one_line_that_says_what_to_do(tmp_path):

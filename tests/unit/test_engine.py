@@ -14,7 +14,12 @@ def test_engine_matches_plain_forward(contract):
     batch = np.random.default_rng(0).integers(0, 255, (3, 3, 64, 64), dtype=np.uint8)
     with torch.inference_mode():
         expected = network(normalize(torch.from_numpy(batch), contract)).softmax(1).numpy()
-    engine = TorchEngine(LoadedModel("t:1", contract, network, {}), torch.device("cpu"), threads=1)
+    threads = torch.get_num_threads()
+    try:
+        engine = TorchEngine(LoadedModel("t:1", contract, network, {}), torch.device("cpu"), threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     probs = engine.predict(batch)
     assert probs.shape == (3, 2) and probs.dtype == np.float32
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -26,8 +31,10 @@ def test_device_choice():
     assert pick_device("cpu").type == "cpu"
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA device"):
+        with pytest.raises(ValueError, match="no such CUDA device"):
             pick_device("cuda")
+        with pytest.raises(ValueError, match="no such CUDA device"):
+            pick_device("cuda:1")
 
 
 def test_cpu_threads_share_cores():

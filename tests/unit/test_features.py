@@ -1,7 +1,7 @@
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from training.features import cache_key, cached, extract
+from training.features import cache_key, cached, forward_all, load_or_extract
 
 
 def test_cache_key_is_stable_and_order_independent():
@@ -37,11 +37,37 @@ def test_cache_disabled(tmp_path):
     assert hit is False
 
 
-def test_extract_runs_backbone_in_eval_mode():
+def test_forward_all_runs_in_eval_mode():
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.9), torch.nn.Linear(12, 4))
     backbone.train()
     data = TensorDataset(torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 0, 1, 1]))
-    feats, labels = extract(backbone, DataLoader(data, batch_size=2), torch.device("cpu"), "test")
+    feats, labels = forward_all(backbone, DataLoader(data, batch_size=2), torch.device("cpu"), "test")
     assert feats.shape == (5, 4) and labels.tolist() == [0, 1, 0, 1, 1]
-    again, _ = extract(backbone, DataLoader(data, batch_size=5), torch.device("cpu"), "test")
+    again, _ = forward_all(backbone, DataLoader(data, batch_size=5), torch.device("cpu"), "test")
     assert torch.allclose(feats, again, atol=1e-5)  # dropout off: deterministic
+
+
+class _Epochs(TensorDataset):
+    """Adds the epoch to every image, like a fresh augmentation draw per view."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x + self.epoch, y
+
+
+def test_load_or_extract_stacks_one_view_per_epoch(tmp_path):
+    data = _Epochs(torch.zeros(4, 3, 1, 1), torch.tensor([0, 1, 0, 1]))
+    backbone = torch.nn.Flatten()
+    key = {"k": "v"}
+    feats, labels, hit = load_or_extract(backbone, DataLoader(data, batch_size=3), views=3, key=key, cache_dir=tmp_path,
+                                         device=torch.device("cpu"), desc="t")
+    assert feats.shape == (3, 4, 3) and not hit and labels.tolist() == [0, 1, 0, 1]
+    assert [float(feats[v].mean()) for v in range(3)] == [0.0, 1.0, 2.0]
+    _, _, hit = load_or_extract(backbone, DataLoader(data), views=3, key=key, cache_dir=tmp_path,
+                                device=torch.device("cpu"), desc="t")
+    assert hit

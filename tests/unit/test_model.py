@@ -90,6 +90,14 @@ def test_train_mode_keeps_batchnorm_frozen():
     assert not any(m.training for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
-def test_default_weights_resolve_to_imagenet_v2():
-    assert models.get_model_weights("resnet50").DEFAULT.name == "IMAGENET1K_V2"
-    assert model_mod.DEFAULT_WEIGHTS == "DEFAULT"
+def test_default_weights_resolve_to_imagenet_v2(monkeypatch):
+    asked = []
+
+    def fake_download(self, *args, **kwargs):  # the real one downloads 100 MB
+        asked.append(self)
+        return models.resnet50(weights=None).state_dict()
+
+    monkeypatch.setattr(models.WeightsEnum, "get_state_dict", fake_download)
+    net, weights_id = load_backbone("resnet50", model_mod.DEFAULT_WEIGHTS)
+    assert weights_id == "ResNet50_Weights.IMAGENET1K_V2" and asked == [models.ResNet50_Weights.IMAGENET1K_V2]
+    assert load_backbone("resnet50", "imagenet1k_v1")[1] == "ResNet50_Weights.IMAGENET1K_V1"
