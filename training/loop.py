@@ -95,19 +95,25 @@ def train_head(
         total_loss, correct = 0.0, 0
         for start in range(0, count, batch_size):
             idx = order[start : start + batch_size]
-            x = train_features[view[idx], idx].to(device)
-            y = train_labels[idx].to(device)
-            logits = head(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
+            batch_loss, batch_correct = _train_step(
+                head, optimizer, train_features[view[idx], idx].to(device), train_labels[idx].to(device)
+            )
+            total_loss += batch_loss
+            correct += batch_correct
         val = evaluate_head(head, val_features, val_labels, device)
         history.append(epoch_record("head", epoch, (total_loss / count, correct / count), val))
     fold_standardization(head[-1], mean.to(device), std.to(device))
     return history
+
+
+def _train_step(module: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """One optimiser step on a batch; returns its summed loss and its number of correct predictions."""
+    logits = module(x)
+    loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item() * len(y), int((logits.argmax(1) == y).sum())
 
 
 @torch.no_grad()
@@ -137,14 +143,9 @@ def fine_tune(
         total_loss, correct, count = 0.0, 0, 0
         for images, targets in tqdm(train_loader, desc=f"phase 2: fine-tune epoch {epoch}", unit="batch", leave=False):
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            targets = targets.to(device)
-            logits = model(images)
-            loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(targets)
-            correct += int((logits.argmax(1) == targets).sum())
+            batch_loss, batch_correct = _train_step(model, optimizer, images, targets.to(device))
+            total_loss += batch_loss
+            correct += batch_correct
             count += len(targets)
         val = evaluate_model(model, val_loader, device, desc="validate")
         history.append(epoch_record("fine-tune", epoch, (total_loss / count, correct / count), val))
