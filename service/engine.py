@@ -35,8 +35,8 @@ def cpu_threads(requested: int, workers: int) -> int:
 class TorchEngine:
     """Eager PyTorch inference in inference mode with channels_last.
 
-    CPU: float32, ``threads`` intra-op threads, so several workers do not oversubscribe the
-    cores. GPU: half precision, inputs pinned and moved non-blocking.
+    CPU: float32, ``threads`` intra-op threads (0: the worker's share of the cores), so several
+    workers do not oversubscribe the cores. GPU: half precision, inputs pinned and moved non-blocking.
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, *, threads: int = 0) -> None:
@@ -46,7 +46,7 @@ class TorchEngine:
             self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             self.dtype = torch.float32
-            torch.set_num_threads(threads or cpu_threads(0, 1))
+            torch.set_num_threads(cpu_threads(threads, 1))
         self.network = loaded.network.to(device, dtype=self.dtype, memory_format=torch.channels_last).eval()
 
     @torch.inference_mode()

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.contract import ContractError
-from service.engine import TorchEngine, cpu_threads, pick_device
+from service.engine import TorchEngine, pick_device
 from service.imaging import InputError
 from service.metrics import metrics
 from service.model_store import describe_model, load_model
@@ -81,7 +81,7 @@ class ModelRunner:
         self.ready = False
         settings = ServiceSettings.from_env()
         loaded = load_model(settings.model_tag)
-        self.engine = TorchEngine(loaded, pick_device(settings.device), threads=cpu_threads(settings.inference_threads, 1))
+        self.engine = TorchEngine(loaded, pick_device(settings.device), threads=settings.inference_threads)
         self.engine.warm_up()
         metrics().model_info.labels(loaded.tag, loaded.contract.backbone, self.engine.device.type).set(1)
         self.ready = True
@@ -134,10 +134,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 @api.exception_handler(Exception)
-async def _bug(_: Request, exc: Exception) -> JSONResponse:
+async def _bug(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error (a bug): %s", exc)
-    body = ErrorResponse(error={"reason": "internal_error", "message": "unexpected server error; it has been logged"})
-    return JSONResponse(body.model_dump(), status_code=500)
+    return await _api_error(request, ApiError(500, "internal_error", "unexpected server error; it has been logged"))
 
 
 @api.exception_handler(RequestValidationError)
