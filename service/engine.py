@@ -1,17 +1,32 @@
-"""The model on a device: uint8 image batches in, class probabilities out."""
+"""Choosing and building the inference engine for the device and the saved model.
+
+Engines: "torch" (PyTorch; the GPU engine, and the CPU fallback), "onnx" (ONNX Runtime fp32, the
+CPU default when the model carries an ONNX graph) and "onnx-int8" (its statically quantized copy,
+served when configured). Every engine takes uint8 [N, 3, S, S] and returns probabilities [N, C].
+"""
 
 from __future__ import annotations
 
-import logging
 import os
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from service.model_store import LoadedModel
-from service.preprocessing import normalize
+from service.contract import ContractError
+from service.model_store import ModelDescription, load_model
 
-logger = logging.getLogger(__name__)
+ENGINE_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
+INT8_MIN_AGREEMENT = 0.99  # INT8's top-1 agreement with fp32 (on the test split) below which serving it is warned about
+
+
+class Engine(Protocol):
+    name: str
+    device: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def warm_up(self, batch_size: int = 1) -> None: ...
 
 
 def pick_device(choice: str = "auto") -> torch.device:
@@ -32,33 +47,39 @@ def cpu_threads(requested: int, workers: int) -> int:
     return requested or max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-class TorchEngine:
-    """Eager PyTorch inference in inference mode with channels_last.
+def choose_engine(choice: str, device: torch.device, available: tuple[str, ...]) -> str:
+    """The engine to serve: ``choice`` unless "auto", which means torch on a GPU and ONNX fp32 on the
+    CPU when the model has it. Raises ContractError when the choice cannot be served."""
+    if choice == "auto":
+        return "onnx" if device.type == "cpu" and "onnx" in available else "torch"
+    if choice not in available:
+        raise ContractError(f"CLASSIFIER_ENGINE={choice}: the model has no {choice} graph (it has: "
+                            f"{', '.join(available)}); retrain with --onnx-export int8 or choose another engine")
+    if choice != "torch" and device.type != "cpu":
+        raise ContractError(f"CLASSIFIER_ENGINE={choice} runs on the CPU only; use torch on {device}, or CLASSIFIER_DEVICE=cpu")
+    return choice
 
-    CPU: float32, ``threads`` intra-op threads (0: the worker's share of the cores), so several
-    workers do not oversubscribe the cores. GPU: half precision, inputs pinned and moved non-blocking.
-    """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, *, threads: int = 0) -> None:
-        self.contract = loaded.contract
-        self.device = device
-        if device.type == "cuda":
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            self.dtype = torch.float32
-            torch.set_num_threads(cpu_threads(threads, 1))
-        self.network = loaded.network.to(device, dtype=self.dtype, memory_format=torch.channels_last).eval()
+def make_engine(model: ModelDescription, name: str, device: torch.device, *, threads: int, compile_max_batch: int = 0) -> Engine:
+    """Build engine ``name`` (as chosen by choose_engine) for ``model``; raises ContractError if it will not load."""
+    if name == "torch":
+        from service.torch_engine import TorchEngine
 
-    @torch.inference_mode()
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [N, 3, S, S] -> float32 probabilities [N, C]."""
-        x = torch.from_numpy(np.ascontiguousarray(batch))
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = normalize(x, self.contract).to(self.dtype).contiguous(memory_format=torch.channels_last)
-        return self.network(x).float().softmax(dim=1).cpu().numpy()
+        return TorchEngine(load_model(model.tag), device, threads=threads,
+                           compile_max_batch=compile_max_batch if device.type == "cuda" else 0)
+    from service.onnx_engine import OnnxEngine, OnnxEngineError
 
-    def warm_up(self, batch_size: int = 1) -> None:
-        """One inference so the first request does not pay for lazy initialisation."""
-        size = self.contract.image_size
-        self.predict(np.zeros((batch_size, 3, size, size), dtype=np.uint8))
+    try:
+        return OnnxEngine(model.engine_files[name], model.contract, threads=threads, name=name)
+    except OnnxEngineError as exc:
+        raise ContractError(f"model {model.tag}: {exc}; retrain it or set CLASSIFIER_ENGINE=torch") from None
+
+
+def int8_caveat(model: ModelDescription) -> str | None:
+    """A warning to log when the INT8 graph disagreed with fp32 on too many test images at training time."""
+    recorded = (model.metadata.get("engines") or {}).get("onnx-int8") or {}
+    agreement = recorded.get("top1_agreement_with_fp32")
+    if agreement is None or agreement >= INT8_MIN_AGREEMENT:
+        return None
+    return (f"model {model.tag}: its INT8 graph agreed with fp32 on only {agreement:.1%} of the test images "
+            f"(accuracy change {recorded.get('accuracy_change', 0):+.3f}); consider CLASSIFIER_ENGINE=onnx")

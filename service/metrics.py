@@ -57,7 +57,7 @@ def metrics() -> ServiceMetrics:
             "batch size metric counts requests; this counts images).", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         ),
         model_info=Gauge(
-            f"{PREFIX}_model_info", "The model being served (value 1): its tag, backbone and device.",
-            ["tag", "backbone", "device"], multiprocess_mode="livemax",
+            f"{PREFIX}_model_info", "The model being served (value 1): its tag, backbone, device and engine.",
+            ["tag", "backbone", "device", "engine"], multiprocess_mode="livemax",
         ),
     )

@@ -1,11 +1,14 @@
 """The saved model's on-disk layout in the BentoML store, checking it, and loading it back.
 
 A saved model is a BentoML model whose folder holds ``model.safetensors`` (backbone and head
-weights: a format that cannot execute code) and whose metadata holds the contract.
+weights: a format that cannot execute code), optionally ONNX graphs of the same network for ONNX
+Runtime (``model.onnx``, fp32, and ``model.int8.onnx``, statically quantized), and whose metadata
+holds the contract.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,7 @@ from service.contract import ContractError, ModelContract
 
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # engine name -> file in the model folder
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,12 @@ class ModelDescription:
     contract: ModelContract
     metadata: dict[str, Any]
     weights_path: str
+    engine_files: dict[str, str]  # ONNX engines the model carries -> their paths
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        """Engines this model can be served with: always torch, plus its ONNX graphs."""
+        return ("torch", *self.engine_files)
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,8 @@ def describe_model(tag: str) -> ModelDescription:
         diff = sorted(set(found.items()) ^ set(expected.items()))[:3]
         raise ContractError(f"model {model.tag}: the weights do not match its contract ({contract.backbone}, "
                             f"{contract.num_classes} classes); differing entries: {diff}")
-    return ModelDescription(str(model.tag), contract, dict(model.info.metadata), weights_path)
+    engine_files = {name: model.path_of(file) for name, file in ONNX_FILES.items() if os.path.isfile(model.path_of(file))}
+    return ModelDescription(str(model.tag), contract, dict(model.info.metadata), weights_path, engine_files)
 
 
 def load_model(tag: str) -> LoadedModel:

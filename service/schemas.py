@@ -60,6 +60,7 @@ class ModelInfo(BaseModel):
     backbone: str
     contract: ModelContract = Field(description="preprocessing and architecture the model was trained with")
     device: str = Field(description="where inference runs: cpu or cuda")
+    engine: str = Field(description="inference engine: torch, onnx (ONNX Runtime fp32) or onnx-int8")
     training_metrics: dict[str, Any] = Field(description="test-split metrics recorded at training time")
     batching: Batching
     limits: Limits

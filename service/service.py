@@ -29,10 +29,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.contract import ContractError
-from service.engine import TorchEngine, pick_device
+from service.engine import choose_engine, cpu_threads, int8_caveat, make_engine, pick_device
 from service.imaging import InputError
+from service.jpeg_batch import batch_decodable, decode_batch, mark_failed
 from service.metrics import metrics
-from service.model_store import describe_model, load_model
+from service.model_store import describe_model
 from service.postprocessing import default_top_k, to_prediction
 from service.preprocessing import prepare_image
 from service.schemas import BatchPredictResponse, Batching, ErrorResponse, Limits, ModelInfo, PredictResponse
@@ -51,12 +52,12 @@ def _settings_or_exit() -> ServiceSettings:
         raise SystemExit(2) from None
 
 
-# BentoML fixes batching parameters in the decorator, so they are read when the server loads this
-# module at start-up; everything else is read in the services' __init__.
+# BentoML fixes batching parameters and worker counts in the decorators, so they are read when the
+# server loads this module at start-up; everything else is read in the services' __init__.
 _BATCHING = _settings_or_exit()
 
 
-@bentoml.service(name="model_runner", workers=1, traffic={"timeout": 120})
+@bentoml.service(name="model_runner", workers=_BATCHING.model_workers, traffic={"timeout": 120})
 class ModelRunner:
     """Runs the model on batches formed by BentoML across all concurrent requests."""
 
@@ -65,14 +66,17 @@ class ModelRunner:
         """Once, before any worker starts: an unusable model stops the server with one line."""
         settings = _settings_or_exit()
         try:
-            resolved = describe_model(settings.model_tag).tag
-            pick_device(settings.device)
+            model = describe_model(settings.model_tag)
+            device = pick_device(settings.device)
+            engine = choose_engine(settings.engine, device, model.engines)
+            if engine != "torch":  # a corrupt or foreign graph stops the server here, not in a worker
+                make_engine(model, engine, device, threads=1)
         except (ContractError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         # Pin the version ("name:latest" -> "name:abc123") for every worker this server starts, so the
         # front and the runner (also a restarted one) use the same model even if a newer one lands.
-        os.environ["CLASSIFIER_MODEL_TAG"] = resolved
+        os.environ["CLASSIFIER_MODEL_TAG"] = model.tag
         if "BENTOML_NO_UDS" in os.environ:
             logger.warning("BENTOML_NO_UDS is set: the model runner listens on 127.0.0.1 TCP, where any local "
                            "user can send it pickled arrays")
@@ -80,12 +84,20 @@ class ModelRunner:
     def __init__(self) -> None:
         self.ready = False
         settings = ServiceSettings.from_env()
-        loaded = load_model(settings.model_tag)
-        self.engine = TorchEngine(loaded, pick_device(settings.device), threads=settings.inference_threads)
+        model = describe_model(settings.model_tag)
+        device = pick_device(settings.device)
+        self.contract, self.device = model.contract, device
+        self.engine = make_engine(
+            model, choose_engine(settings.engine, device, model.engines), device,
+            threads=cpu_threads(settings.inference_threads, workers=settings.model_workers),
+            compile_max_batch=_BATCHING.max_batch_size if settings.compile else 0,
+        )
+        if self.engine.name == "onnx-int8" and (caveat := int8_caveat(model)):
+            logger.warning(caveat)
         self.engine.warm_up()
-        metrics().model_info.labels(loaded.tag, loaded.contract.backbone, self.engine.device.type).set(1)
+        metrics().model_info.labels(model.tag, model.contract.backbone, self.engine.device, self.engine.name).set(1)
         self.ready = True
-        logger.info("model %s ready on %s", loaded.tag, self.engine.device)
+        logger.info("model %s ready: %s engine on %s", model.tag, self.engine.name, device)
 
     def __is_ready__(self) -> bool:
         return self.ready
@@ -94,11 +106,25 @@ class ModelRunner:
                  max_latency_ms=_BATCHING.max_latency_ms)
     def infer(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, 3, S, S] -> probabilities [N, C]."""
+        return self._timed(lambda: self.engine.predict(images), len(images))
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=_BATCHING.max_batch_size,
+                 max_latency_ms=_BATCHING.max_latency_ms)
+    def infer_jpeg(self, images: list[bytes]) -> np.ndarray:
+        """Plain JPEG bytes (see jpeg_batch.batch_decodable) -> probabilities [N, C], decoded as one batch on
+        the model's device; NaN rows for images that turn out corrupt."""
+        def run() -> np.ndarray:
+            batch, failed = decode_batch(images, self.contract, self.device)
+            return mark_failed(self.engine.predict(batch), failed)
+
+        return self._timed(run, len(images))
+
+    def _timed(self, run, images: int) -> np.ndarray:
         start = time.perf_counter()
-        probs = self.engine.predict(images)
+        probs = run()
         m = metrics()
         m.inference_seconds.observe(time.perf_counter() - start)
-        m.batch_images.observe(len(images))
+        m.batch_images.observe(images)
         return probs
 
 
@@ -156,7 +182,11 @@ class ImageClassifier:
     def __init__(self) -> None:
         self.settings = ServiceSettings.from_env()
         self.model = describe_model(self.settings.model_tag)
-        self.device = pick_device(self.settings.device).type
+        device = pick_device(self.settings.device)
+        self.device = device.type
+        self.engine = choose_engine(self.settings.engine, device, self.model.engines)  # as the runner chooses
+        choice = self.settings.jpeg_decode
+        self.engine_decodes = choice == "engine" or (choice == "auto" and device.type == "cuda" and self.engine == "torch")
         torch.set_num_threads(1)  # decoding runs in threads here; leave the cores to the model runner
         self._limiter: anyio.CapacityLimiter | None = None
         metrics()
@@ -187,22 +217,46 @@ class ImageClassifier:
         s, contract = self.settings, self.model.contract
         return ModelInfo(
             tag=self.model.tag, class_names=list(contract.class_names), backbone=contract.backbone, contract=contract,
-            device=self.device, training_metrics=self.model.metadata.get("test_metrics", {}),
+            device=self.device, engine=self.engine, training_metrics=self.model.metadata.get("test_metrics", {}),
             batching=Batching(max_batch_size=_BATCHING.max_batch_size, max_latency_ms=_BATCHING.max_latency_ms),
             limits=Limits(max_body_bytes=s.max_body_bytes, max_pixels=s.max_pixels, max_images=s.max_images),
         )
 
     async def _classify(self, uploads: list[Upload], top_k: int | None, *, many: bool):
+        """Decode (here, or plain JPEGs next to the model), infer, and build one result per upload, in order."""
         contract = self.model.contract
-        prepared = await asyncio.gather(
-            *(self._prepare(u, i if many else None) for i, u in enumerate(uploads)), return_exceptions=True
-        )
+        at_engine = [self.engine_decodes and batch_decodable(u.data, self.settings.max_pixels) for u in uploads]
+        here = [i for i, engine_side in enumerate(at_engine) if not engine_side]
+        there = [i for i, engine_side in enumerate(at_engine) if engine_side]
+        prepared = await asyncio.gather(*(self._prepare(uploads[i], i if many else None) for i in here),
+                                        return_exceptions=True)
         for outcome in prepared:  # report the first bad image in the order sent
             if isinstance(outcome, BaseException):
                 raise outcome
-        tensors = prepared
+        calls = []
+        if here:
+            calls.append(self._run_model(self.runner.to_async.infer, np.stack(prepared)))
+        if there:
+            calls.append(self._run_model(self.runner.to_async.infer_jpeg, [uploads[i].data for i in there]))
+        probs = np.empty((len(uploads), contract.num_classes), dtype=np.float32)
+        for indices, rows in zip([x for x in (here, there) if x], await asyncio.gather(*calls)):
+            probs[indices] = rows
+        for i in there:
+            if np.isnan(probs[i]).any():
+                raise ApiError(400, "corrupt_image", "the JPEG data is truncated or corrupt", file=uploads[i].filename,
+                               index=i if many else None)
+        k = top_k or default_top_k(contract.num_classes)
+        results = [to_prediction(p, contract.class_names, k, u.filename) for p, u in zip(probs, uploads)]
+        m = metrics()
+        for result in results:
+            m.predictions.labels(result.label).inc()
+            m.confidence.observe(result.probability)
+        return results
+
+    async def _run_model(self, method, batch) -> np.ndarray:
+        """One call to the model service; its failures become 503s with Retry-After."""
         try:
-            probs = await self.runner.to_async.infer(np.stack(tensors))
+            return await method(batch)
         except BentoMLException as exc:
             if getattr(exc, "error_code", None) == 503:
                 raise ApiError(503, "overloaded", "the model is busy; retry shortly") from exc
@@ -211,13 +265,6 @@ class ImageClassifier:
         except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
             logger.warning("model runner unreachable: %s", exc)
             raise ApiError(503, "model_unavailable", "the model service is not reachable; retry shortly") from exc
-        k = top_k or default_top_k(contract.num_classes)
-        results = [to_prediction(p, contract.class_names, k, u.filename) for p, u in zip(probs, uploads)]
-        m = metrics()
-        for result in results:
-            m.predictions.labels(result.label).inc()
-            m.confidence.observe(result.probability)
-        return results
 
     async def _prepare(self, upload: Upload, index: int | None) -> np.ndarray:
         """Decode and preprocess in a worker thread; a bad image is a 400 naming the file."""

@@ -26,12 +26,19 @@ class ServiceSettings(BaseModel):
 
     model_tag: str = Field(f"{DEFAULT_MODEL_NAME}:latest", description="BentoML model to serve (name or name:version)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    engine: str = Field("auto", pattern=r"^(auto|torch|onnx|onnx-int8)$",
+                        description="auto (ONNX Runtime fp32 on CPU when the model has it, else torch), torch, onnx, onnx-int8")
+    compile: bool = Field(False, description="GPU: torch.compile the model for fixed batch sizes (slower start-up)")
+    jpeg_decode: str = Field("auto", pattern=r"^(auto|front|engine)$",
+                             description="where plain JPEGs are decoded: auto (batched on the GPU when the model runs "
+                                         "there with torch, else in the front), front, engine")
     max_batch_size: int = Field(16, ge=1, le=512, description="largest batch the model service runs")
     max_latency_ms: int = Field(10_000, ge=10, le=600_000, description="adaptive batching's latency budget")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) decoded")
     max_images: int = Field(32, ge=1, le=1024, description="most images in one multi-image request")
-    inference_threads: int = Field(0, ge=0, description="torch CPU threads per model worker; 0: the worker's share")
+    model_workers: int = Field(1, ge=1, le=64, description="model runner processes; each gets its share of the cores")
+    inference_threads: int = Field(0, ge=0, description="CPU inference threads per model worker; 0: the worker's share of the cores")
     decode_concurrency: int = Field(0, ge=0, description="images decoded at once per front worker; 0: CPU cores")
 
     @classmethod

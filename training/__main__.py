@@ -25,6 +25,7 @@ def _summary(result: RunResult) -> str:
     ]
     for name, row in test["per_class"].items():
         lines.append(f"  {name:<20} precision {row['precision']:.3f}  recall {row['recall']:.3f}  f1 {row['f1']:.3f}")
+    lines += _engine_lines(result.engines)
     cache = ", ".join(f"{split} {'hit' if hit else 'miss'}" for split, hit in result.cache_hits.items())
     lines += [
         f"feature cache {cache}",
@@ -35,9 +36,23 @@ def _summary(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _engine_lines(engines: dict | None) -> list[str]:
+    if not engines:
+        return ["engines      torch only (--onnx-export none)"]
+    fp32 = engines["onnx"]
+    lines = [f"engines      onnx fp32: top-1 agreement with torch {fp32['top1_agreement_with_torch']:.3f}"]
+    if "onnx-int8" in engines:
+        q = engines["onnx-int8"]
+        lines.append(f"             onnx-int8: accuracy {q['accuracy_change']:+.3f} vs fp32, top-1 agreement "
+                     f"{q['top1_agreement_with_fp32']:.3f}, {q['speedup_vs_fp32']:.1f}x fp32's speed")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("onnx_ir", "onnxscript", "torch.onnx"):  # the ONNX exporter logs each of its passes
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         from training.pipeline import run  # torch takes seconds to import: not before --help
 

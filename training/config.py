@@ -13,6 +13,7 @@ from service.contract import DEFAULT_MODEL_NAME
 from training.download import CATS_DOGS_URL
 
 CACHE_ENV = "TRANSFER_SERVE_CACHE"
+ONNX_EXPORTS = ("none", "fp32", "int8")
 
 
 def default_cache_dir() -> Path:
@@ -54,6 +55,8 @@ class TrainConfig:
     device: str = "auto"
     name: str = DEFAULT_MODEL_NAME
     output: Path = Path("runs/latest")
+    onnx_export: str = "int8"
+    calibration_images: int = 128
 
     @property
     def effective_resize(self) -> int:
@@ -131,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--name", default=d.name, help="model name in the BentoML store (each run adds a version)")
     p.add_argument("--output", type=Path, default=d.output, help="folder for metrics JSON and PNG plots")
+    p.add_argument("--onnx-export", choices=ONNX_EXPORTS, default=d.onnx_export,
+                   help="ONNX Runtime graphs saved with the model: none, fp32, or int8 (fp32 plus a statically "
+                        "quantized INT8 copy)")
+    p.add_argument("--calibration-images", type=COUNT, default=d.calibration_images,
+                   help="training images that calibrate the INT8 quantization")
     return p
 
 

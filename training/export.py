@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -14,12 +16,14 @@ from service.model_store import METRICS_FILE, WEIGHTS_FILE
 
 
 def save_model(
-    name: str, network: Classifier, contract: ModelContract, *, metadata: dict[str, Any], report: dict[str, Any]
+    name: str, network: Classifier, contract: ModelContract, *, metadata: dict[str, Any], report: dict[str, Any],
+    files: dict[str, Path] | None = None,
 ) -> str:
     """Create a new version of model ``name`` and return its tag ("name:version").
 
     ``metadata`` (test metrics, training arguments, dataset fingerprint, ...) is stored beside
-    the contract; ``report`` (the full metrics JSON) goes into the model folder.
+    the contract; ``report`` (the full metrics JSON) and ``files`` (e.g. ONNX graphs, keyed by the
+    name they get in the model folder) go into the model folder.
     """
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     labels = {"backbone": contract.backbone, "classes": str(contract.num_classes)}
@@ -29,6 +33,8 @@ def save_model(
         save_file(state, model.path_of(WEIGHTS_FILE), metadata={"contract": json.dumps(contract.to_metadata())})
         with open(model.path_of(METRICS_FILE), "w") as fh:
             json.dump(report, fh, indent=2)
+        for target, source in (files or {}).items():
+            shutil.copyfile(source, model.path_of(target))
     return str(model.tag)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from service.architecture import Classifier
 from service.backbones import backbone_spec
 from service.contract import ModelContract
 from service.engine import pick_device
+from service.model_store import ONNX_FILES
 from service.preprocessing import prepare_image
 from training import features as feats
 from training import report
@@ -27,6 +29,7 @@ from training.errors import TrainingError
 from training.export import save_model
 from training.loop import Evaluation, evaluate_head, evaluate_model, fine_tune, train_head
 from training.metrics import classification_metrics
+from training.onnx_export import build_onnx_engines
 from training.model import attach_head, freeze_backbone, load_backbone, unfreeze
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class RunResult:
     report_path: Path
     plots: list[Path]
     cache_hits: dict[str, bool] = field(default_factory=dict)
+    engines: dict[str, Any] | None = None  # ONNX engines compared with PyTorch on the test split
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -128,9 +132,25 @@ def run(cfg: TrainConfig) -> RunResult:
     metrics = {name: classification_metrics(e.probs, e.labels, splits.class_names, e.loss) for name, e in evaluations.items()}
     payload = _report_payload(cfg, splits, contract, metrics, history, hits, timings)
     plots = _plots(cfg.output, splits, contract, history, metrics, evaluations["test"])
-    report_path = report.write_json(cfg.output / report.METRICS_FILE, payload)
-    tag = save_model(cfg.name, model, contract, metadata=_model_metadata(cfg, splits, metrics["test"]), report=payload)
-    return RunResult(tag, splits, contract, metrics["test"], report_path, plots, hits, timings)
+    with tempfile.TemporaryDirectory(prefix="onnx-") as workdir:
+        files, payload["engines"] = _onnx_engines(cfg, model, contract, splits, evaluations["test"], Path(workdir))
+        report_path = report.write_json(cfg.output / report.METRICS_FILE, payload)
+        metadata = {**_model_metadata(cfg, splits, metrics["test"]), "engines": payload["engines"]}
+        tag = save_model(cfg.name, model, contract, metadata=metadata, report=payload, files=files)
+    return RunResult(tag, splits, contract, metrics["test"], report_path, plots, cache_hits=hits, timings=timings,
+                     engines=payload["engines"])
+
+
+def _onnx_engines(cfg: TrainConfig, model: Classifier, contract, splits: Splits, test: Evaluation, workdir: Path):
+    """ONNX Runtime graphs to store with the model ({file name: path}) and how they compare with PyTorch."""
+    if cfg.onnx_export == "none":
+        return {}, None
+    calibration = random.Random(cfg.seed).sample(splits.train, min(cfg.calibration_images, len(splits.train)))
+    built, comparison = build_onnx_engines(
+        model, contract, workdir, int8=cfg.onnx_export == "int8", calibration=[s.path for s in calibration],
+        test=[s.path for s in splits.test], test_probs=test.probs.numpy(), test_labels=test.labels.numpy(),
+    )
+    return {ONNX_FILES[name]: path for name, path in built.items()}, comparison
 
 
 def log_splits(splits: Splits) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.server import serve
+from loadtests.servers import serve
 from tests.support.cli import saved_tag, train
 from tests.support.synthetic import make_dataset
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import ODD_IMAGES
-from tests.integration.server import REPO, serve
+from loadtests.servers import REPO, serve
 from tests.support.cli import saved_tag, train
 from tests.support.synthetic import make_dataset
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_built_bento_serves(tmp_path):
     # bentofile.yaml packages transfer-classifier:latest, the training module's default name.
     data = make_dataset(tmp_path / "data", per_class=8)
-    tag = saved_tag(train("--data", str(data), "--weights", "none", "--image-size", "64", "--epochs", "1",
+    tag = saved_tag(train("--data", str(data), "--weights", "none", "--onnx-export", "none", "--image-size", "64", "--epochs", "1",
                           "--workers", "0", "--output", str(tmp_path / "out")))
     assert tag.startswith("transfer-classifier:")
     built = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=REPO,

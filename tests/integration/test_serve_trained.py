@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from tests.conftest import ODD_IMAGES
-from tests.integration.server import serve
+from loadtests.servers import serve
 from tests.support.cli import saved_tag, train
 from tests.support.synthetic import make_dataset
 
@@ -12,7 +12,7 @@ from tests.support.synthetic import make_dataset
 @pytest.mark.slow
 def test_trained_model_is_served(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=12)
-    tag = saved_tag(train("--data", str(data), "--name", "served", "--weights", "none", "--image-size", "64",
+    tag = saved_tag(train("--data", str(data), "--name", "served", "--weights", "none", "--onnx-export", "none", "--image-size", "64",
                           "--epochs", "2", "--workers", "0", "--output", str(tmp_path / "out")))
     with serve({"CLASSIFIER_MODEL_TAG": "served:latest"}) as url:
         ok = httpx.post(f"{url}/v1/predict", files={"image": ("hopper.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes(), "image/jpeg")}, timeout=60)
@@ -25,7 +25,7 @@ def test_trained_model_is_served(tmp_path):
         assert bad.status_code == 400 and "not_an_image" in bad.text
         # A newer version landing in the store does not change what the running server serves:
         # "served:latest" was pinned to one version for the front and the model runner alike.
-        newer = saved_tag(train("--data", str(data), "--name", "served", "--weights", "none", "--image-size", "64",
+        newer = saved_tag(train("--data", str(data), "--name", "served", "--weights", "none", "--onnx-export", "none", "--image-size", "64",
                                 "--epochs", "1", "--workers", "0", "--output", str(tmp_path / "out2")))
         assert newer != tag
         again = httpx.post(f"{url}/v1/predict", files={"image": ("h.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes())}, timeout=60)

@@ -178,7 +178,8 @@ def test_project_metrics_move(server, trained_model):
     for hist in ("image_classifier_prediction_confidence_count", "image_classifier_preprocess_duration_seconds_count",
                  "image_classifier_inference_duration_seconds_count"):
         assert total(after, hist) >= total(before, hist) + 1, hist
-    assert total(after, "image_classifier_model_info", tag=trained_model, backbone="resnet50", device="cpu") == 1
+    assert total(after, "image_classifier_model_info", tag=trained_model, backbone="resnet50", device="cpu",
+                 engine="onnx") == 1
     assert total(after, "bentoml_service_request_total", endpoint="/v1/predict", http_response_code="200") > 0
 
 
@@ -186,6 +187,7 @@ def test_model_information(server, trained_model):
     info = httpx.get(f"{server}/v1/model").json()
     assert info["tag"] == trained_model and info["class_names"] == ["cats", "dogs"]
     assert info["backbone"] == "resnet50" and info["device"] == "cpu"
+    assert info["engine"] == "onnx"  # auto: ONNX Runtime fp32 on the CPU, since training exported it
     assert info["contract"]["image_size"] == 64 and info["contract"]["mean"] == [0.485, 0.456, 0.406]
     assert 0 <= info["training_metrics"]["accuracy"] <= 1
     assert info["batching"] == {"max_batch_size": 4, "max_latency_ms": 30000}

@@ -10,8 +10,8 @@ import bentoml
 import pytest
 
 from service.contract import METADATA_KEY
-from service.model_store import WEIGHTS_FILE
-from tests.integration.server import REPO, free_port
+from service.model_store import ONNX_FILES, WEIGHTS_FILE
+from loadtests.servers import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,9 @@ def assert_refused(result: subprocess.CompletedProcess, message: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-def copy_model(source_tag: str, name: str, *, weights: bytes | None = None, metadata_change: dict | None = None) -> str:
+def copy_model(source_tag: str, name: str, *, weights=None, metadata_change: dict | None = None,
+               files: dict[str, bytes] | None = None) -> str:
+    """A copy of the model's weights and metadata (not its ONNX graphs), changed as asked; ``files`` are added."""
     source = bentoml.models.get(source_tag)
     metadata = dict(source.info.metadata)
     if metadata_change:
@@ -39,6 +41,9 @@ def copy_model(source_tag: str, name: str, *, weights: bytes | None = None, meta
         data = open(source.path_of(WEIGHTS_FILE), "rb").read()
         with open(model.path_of(WEIGHTS_FILE), "wb") as fh:
             fh.write(data if weights is None else weights(data))
+        for file, content in (files or {}).items():
+            with open(model.path_of(file), "wb") as fh:
+                fh.write(content)
     return str(model.tag)
 
 
@@ -58,3 +63,14 @@ def test_truncated_weights(trained_model):
 def test_metadata_that_does_not_match_the_weights(trained_model):
     tag = copy_model(trained_model, "mismatch", metadata_change={"class_names": ["a", "b", "c"]})
     assert_refused(start({"CLASSIFIER_MODEL_TAG": tag}), "do not match its contract")
+
+
+def test_an_engine_the_model_does_not_have(trained_model):
+    tag = copy_model(trained_model, "torch-only")
+    assert_refused(start({"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_ENGINE": "onnx-int8"}), "has no onnx-int8 graph")
+
+
+def test_a_corrupt_onnx_graph(trained_model):
+    graph = open(bentoml.models.get(trained_model).path_of(ONNX_FILES["onnx"]), "rb").read()
+    tag = copy_model(trained_model, "corrupt-onnx", files={ONNX_FILES["onnx"]: graph[: len(graph) // 2]})
+    assert_refused(start({"CLASSIFIER_MODEL_TAG": tag}), "cannot load")  # auto picks onnx on the CPU

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from service.model_store import load_model
+from service.model_store import describe_model, load_model
 from service.preprocessing import normalize, prepare_image
 from tests.conftest import SHARED_DATA
 from tests.support.cli import saved_tag, train
@@ -23,12 +23,13 @@ def synthetic(tmp_path_factory):
 
 
 COMMON = ["--weights", "none", "--image-size", "64", "--epochs", "6", "--batch-size", "16", "--workers", "0"]
+NO_ONNX = ["--onnx-export", "none"]
 
 
 @pytest.mark.slow
 def test_train_save_and_reuse_cache(synthetic, tmp_path):
     out1, out2 = tmp_path / "run1", tmp_path / "run2"
-    tag1 = saved_tag(train("--data", str(synthetic), "--name", "e2e", "--output", str(out1), *COMMON))
+    tag1 = saved_tag(train("--data", str(synthetic), "--name", "e2e", "--output", str(out1), *COMMON, *NO_ONNX))
     report1 = json.loads((out1 / "metrics.json").read_text())
     assert report1["feature_cache_hits"] == {"train": False, "val": False, "test": False}
     test = report1["metrics"]["test"]
@@ -57,18 +58,37 @@ def test_train_save_and_reuse_cache(synthetic, tmp_path):
     labels = torch.tensor([s.label for s in splits.test])
     assert float((preds == labels).float().mean()) == pytest.approx(test["accuracy"], abs=1e-4)
 
-    tag2 = saved_tag(train("--data", str(synthetic), "--name", "e2e", "--output", str(out2), *COMMON))
+    tag2 = saved_tag(train("--data", str(synthetic), "--name", "e2e", "--output", str(out2), *COMMON, *NO_ONNX))
     report2 = json.loads((out2 / "metrics.json").read_text())
     assert report2["feature_cache_hits"] == {"train": True, "val": True, "test": True}
     assert report2["metrics"]["test"] == test  # seeded: same features, same head, same result
     assert tag2 != tag1 and load_model("e2e:latest").tag == tag2
+    assert describe_model(tag2).engines == ("torch",)  # --onnx-export none
+
+
+@pytest.mark.slow
+def test_onnx_engines_are_saved_with_the_model(synthetic, tmp_path):
+    """The default run stores fp32 and INT8 graphs beside the weights, and they agree with PyTorch."""
+    out = tmp_path / "run"
+    result = train("--data", str(synthetic), "--name", "e2e-onnx", "--output", str(out), *COMMON,
+                   "--epochs", "2", "--calibration-images", "16")
+    model = describe_model(saved_tag(result))
+    assert model.engines == ("torch", "onnx", "onnx-int8")
+    engines = model.metadata["engines"]
+    assert engines["images"] == 12
+    assert engines["onnx"]["top1_agreement_with_torch"] == 1.0
+    assert engines["onnx"]["max_abs_probability_diff"] < 1e-3
+    assert engines["onnx-int8"]["top1_agreement_with_fp32"] >= 0.75  # random-init backbone, 12 images
+    assert engines["onnx-int8"]["speedup_vs_fp32"] > 0
+    assert "onnx-int8: accuracy" in result.stdout
+    assert "16 calibration images" in result.stderr
 
 
 @pytest.mark.slow
 def test_fine_tuning_phase(synthetic, tmp_path):
     out = tmp_path / "run"
     tag = saved_tag(train("--data", str(synthetic), "--name", "e2e-ft", "--output", str(out), *COMMON,
-                          "--epochs", "2", "--fine-tune-epochs", "1", "--unfreeze", "layer4"))
+                          "--epochs", "2", "--fine-tune-epochs", "1", "--unfreeze", "layer4", *NO_ONNX))
     report = json.loads((out / "metrics.json").read_text())
     assert [row["phase"] for row in report["history"]] == ["head", "head", "fine-tune"]
     assert "after_fine_tune" in report["metrics"] and report["metrics"]["test"]["count"] == 12
@@ -80,7 +100,7 @@ def test_fine_tuning_phase(synthetic, tmp_path):
 def test_real_photos_with_traps(tmp_path):
     out = tmp_path / "run"
     result = train("--data", str(SHARED_DATA / "hymenoptera_data"), "--name", "e2e-ants", "--output", str(out),
-                   "--weights", "none", "--image-size", "64", "--epochs", "2", "--aug-views", "1", "--workers", "2")
+                   "--weights", "none", "--image-size", "64", "--epochs", "2", "--aug-views", "1", "--workers", "2", *NO_ONNX)
     saved_tag(result)
     dataset = json.loads((out / "metrics.json").read_text())["dataset"]
     # The placeholder GIF and the file name with a space are real, decodable images: kept.

@@ -3,9 +3,14 @@ import pytest
 import torch
 
 from service.architecture import build_classifier
-from service.engine import TorchEngine, cpu_threads, pick_device
+from service.contract import ContractError
+from service.engine import choose_engine, cpu_threads, int8_caveat, pick_device
 from service.model_store import LoadedModel
 from service.preprocessing import normalize
+from service.torch_engine import TorchEngine, batch_buckets, bucket_for, pad_batch
+
+CPU = torch.device("cpu")
+ALL = ("torch", "onnx", "onnx-int8")
 
 
 def test_engine_matches_plain_forward(contract):
@@ -16,7 +21,7 @@ def test_engine_matches_plain_forward(contract):
         expected = network(normalize(torch.from_numpy(batch), contract)).softmax(1).numpy()
     threads = torch.get_num_threads()
     try:
-        engine = TorchEngine(LoadedModel("t:1", contract, network, {}), torch.device("cpu"), threads=1)
+        engine = TorchEngine(LoadedModel("t:1", contract, network, {}), CPU, threads=1)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
@@ -24,7 +29,27 @@ def test_engine_matches_plain_forward(contract):
     assert probs.shape == (3, 2) and probs.dtype == np.float32
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
     assert np.allclose(probs, expected, atol=1e-4)
+    assert (engine.name, engine.device) == ("torch", "cpu")
+    assert np.allclose(engine.predict(torch.from_numpy(batch)), expected, atol=1e-4)  # tensors too
     engine.warm_up()
+
+
+def test_batch_buckets_cover_every_size_up_to_the_maximum():
+    assert batch_buckets(16) == (1, 2, 4, 8, 16)
+    assert batch_buckets(12) == (1, 2, 4, 8, 12)
+    assert batch_buckets(1) == (1,)
+    buckets = batch_buckets(12)
+    assert [bucket_for(n, buckets) for n in (1, 2, 3, 5, 8, 9, 12)] == [1, 2, 4, 8, 8, 12, 12]
+    with pytest.raises(ValueError, match="larger than the largest"):
+        bucket_for(13, buckets)
+
+
+def test_pad_batch_appends_zero_images_and_keeps_the_originals():
+    batch = torch.full((3, 3, 2, 2), 7, dtype=torch.uint8)
+    padded = pad_batch(batch, 8)
+    assert padded.shape == (8, 3, 2, 2) and padded.dtype == torch.uint8
+    assert (padded[:3] == 7).all() and (padded[3:] == 0).all()
+    assert pad_batch(batch, 3) is batch
 
 
 def test_device_choice():
@@ -40,3 +65,37 @@ def test_device_choice():
 def test_cpu_threads_share_cores():
     assert cpu_threads(3, 4) == 3
     assert cpu_threads(0, 10_000) == 1
+
+
+@pytest.mark.parametrize(
+    "choice, device, available, expected",
+    [
+        ("auto", "cpu", ALL, "onnx"),
+        ("auto", "cpu", ("torch",), "torch"),
+        ("auto", "cuda", ALL, "torch"),
+        ("onnx-int8", "cpu", ALL, "onnx-int8"),
+        ("torch", "cpu", ALL, "torch"),
+        ("torch", "cuda", ("torch",), "torch"),
+    ],
+)
+def test_engine_choice(choice, device, available, expected):
+    assert choose_engine(choice, torch.device(device), available) == expected
+
+
+def test_engine_choice_refuses_what_cannot_be_served():
+    with pytest.raises(ContractError, match="has no onnx-int8 graph .*--onnx-export int8"):
+        choose_engine("onnx-int8", CPU, ("torch", "onnx"))
+    with pytest.raises(ContractError, match="runs on the CPU only"):
+        choose_engine("onnx", torch.device("cuda"), ALL)
+
+
+def test_int8_caveat_only_below_the_agreement_threshold(contract):
+    from service.model_store import ModelDescription
+
+    def model(engines):
+        return ModelDescription("m:1", contract, {"engines": engines} if engines is not None else {}, "w", {})
+
+    assert int8_caveat(model(None)) is None
+    assert int8_caveat(model({"onnx-int8": {"top1_agreement_with_fp32": 0.995}})) is None
+    caveat = int8_caveat(model({"onnx-int8": {"top1_agreement_with_fp32": 0.9, "accuracy_change": -0.05}}))
+    assert "90.0%" in caveat and "-0.050" in caveat and "CLASSIFIER_ENGINE=onnx" in caveat

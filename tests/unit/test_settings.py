@@ -8,6 +8,13 @@ def test_defaults_are_explicit():
     assert s.model_tag == "transfer-classifier:latest"
     assert (s.max_batch_size, s.max_latency_ms, s.max_images) == (16, 10_000, 32)
     assert s.max_body_bytes == 20 * 1024 * 1024 and s.max_pixels == 40_000_000
+    assert (s.engine, s.compile, s.jpeg_decode, s.model_workers) == ("auto", False, "auto", 1)
+
+
+def test_engine_settings():
+    s = ServiceSettings.from_env({"CLASSIFIER_ENGINE": "onnx-int8", "CLASSIFIER_COMPILE": "true",
+                                  "CLASSIFIER_JPEG_DECODE": "engine", "CLASSIFIER_MODEL_WORKERS": "2"})
+    assert (s.engine, s.compile, s.jpeg_decode, s.model_workers) == ("onnx-int8", True, "engine", 2)
 
 
 def test_environment_overrides():
@@ -16,7 +23,8 @@ def test_environment_overrides():
 
 
 @pytest.mark.parametrize("var, value", [("CLASSIFIER_MAX_BATCH_SIZE", "abc"), ("CLASSIFIER_MAX_BATCH_SIZE", "0"),
-                                        ("CLASSIFIER_DEVICE", "tpu")])
+                                        ("CLASSIFIER_DEVICE", "tpu"), ("CLASSIFIER_ENGINE", "tensorrt"),
+                                        ("CLASSIFIER_JPEG_DECODE", "gpu"), ("CLASSIFIER_MODEL_WORKERS", "0")])
 def test_bad_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var) as info:
         ServiceSettings.from_env({var: value})

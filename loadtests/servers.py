@@ -1,4 +1,7 @@
-"""Start the real service with `bentoml serve` on a free port and wait until it is ready."""
+"""Start a BentoML server with `bentoml serve` on a free loopback port and wait until it is ready.
+
+Used by the benchmark and by the integration tests.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -30,7 +33,7 @@ def private_home() -> Path:
     BentoML keeps its multiprocess metrics in $BENTOML_HOME/prometheus_multiproc_dir and clears it
     when a server starts, so two servers on one home would wipe each other's metrics.
     """
-    shared = Path(os.environ["BENTOML_HOME"])
+    shared = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
     home = Path(tempfile.mkdtemp(prefix="bentoml-home-"))
     for sub in ("models", "bentos"):
         (shared / sub).mkdir(parents=True, exist_ok=True)
@@ -48,7 +51,11 @@ def _ready(url: str) -> bool:
 
 @contextlib.contextmanager
 def serve(env: dict[str, str], *, target: str = "service.service:ImageClassifier", timeout: float = 180) -> Iterator[str]:
-    """Yield the base URL of a running server; stop it afterwards. Polls /readyz, never a fixed sleep."""
+    """Yield the base URL of a running server; stop it afterwards. Polls /readyz, never a fixed sleep.
+
+    ``env`` is added to this process's environment; the server gets its own BENTOML_HOME that
+    shares the current one's models (see private_home).
+    """
     port = free_port()
     home = private_home()
     log = tempfile.NamedTemporaryFile("w+", prefix=f"serve-{port}-", suffix=".log")  # noqa: SIM115 - closed below

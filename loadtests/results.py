@@ -1,0 +1,158 @@
+"""What a load run measured, and how it is reported: records, CSV, PNG and the benchmark's table.
+
+No locust here (importing it monkey-patches the standard library), so these are usable anywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class Level:
+    """What one concurrency level measured; latencies in milliseconds over every answered request."""
+
+    users: int
+    seconds: float
+    requests: int
+    failures: int
+    images_per_s: float
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    failure_examples: str = ""
+
+
+class Recorder:
+    """Collects every answer locust reports: latency, success, and images carried."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.latencies: list[float] = []
+        self.images = 0
+        self.failures: list[str] = []
+
+    def on_request(self, response_time: float, exception: BaseException | None, context: dict | None = None, **_) -> None:
+        self.latencies.append(response_time)
+        if exception is None:
+            self.images += (context or {}).get("images", 1)
+        else:
+            self.failures.append(str(exception)[:200])
+
+    def level(self, users: int, seconds: float) -> Level:
+        times = np.asarray(self.latencies or [np.nan])
+        return Level(
+            users=users, seconds=round(seconds, 2), requests=len(self.latencies), failures=len(self.failures),
+            images_per_s=self.images / seconds, requests_per_s=(len(self.latencies) - len(self.failures)) / seconds,
+            p50_ms=float(np.percentile(times, 50)), p99_ms=float(np.percentile(times, 99)), max_ms=float(times.max()),
+            failure_examples=" | ".join(sorted(set(self.failures))[:3]),
+        )
+
+
+def check_local(host: str) -> str:
+    """``host`` if it is an http(s) URL on this machine; ValueError otherwise."""
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https") or parts.hostname not in LOCAL_HOSTS:
+        raise ValueError(f"--host {host!r}: only http://127.0.0.1, localhost or [::1] targets are allowed")
+    return host.rstrip("/")
+
+
+def write_csv(series: dict[str, list[Level]], path: Path) -> Path:
+    """One row per series (e.g. a contender) and level."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"series": name, **asdict(level)} for name, levels in series.items() for level in levels]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def plot(series: dict[str, list[Level]], path: Path, title: str) -> Path:
+    """Throughput and p50/p99 latency against concurrency, one line per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, levels in series.items():
+        users = [lv.users for lv in levels]
+        left.plot(users, [lv.images_per_s for lv in levels], "o-", label=name)
+        line, = right.plot(users, [lv.p50_ms / 1000 for lv in levels], "o-", label=f"{name} p50")
+        right.plot(users, [lv.p99_ms / 1000 for lv in levels], "s--", color=line.get_color(), label=f"{name} p99")
+    left.set(title="Throughput", xlabel="concurrent clients", ylabel="images / s")
+    right.set(title="Latency", xlabel="concurrent clients", ylabel="seconds")
+    ticks = sorted({lv.users for levels in series.values() for lv in levels})
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def table(engines: dict, results: dict[str, list[Level]]) -> tuple[str, list[str]]:
+    """The Markdown table and the target lines (met or missed)."""
+    raw = engines["images_per_s"]
+    best_fp32 = max(v for name in ("torch", "onnx") if name in raw for v in raw[name].values())
+    lines = ["| engine (no HTTP) | " + " | ".join(f"batch {b}" for b in raw["torch"]) + " |",
+             "|---|" + "---|" * len(raw["torch"])]
+    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in per.values()) + " |" for name, per in raw.items()]
+    lines += ["", "| service | clients | images/s | p50 ms | p99 ms | failures | x reference | p99 / reference's |",
+              "|---|---|---|---|---|---|---|---|"]
+    reference = {lv.users: lv for lv in results.get("reference", [])}
+    for name, levels in results.items():
+        for lv in levels:
+            ref = reference.get(lv.users)
+            ratio = f"{lv.images_per_s / ref.images_per_s:.2f}" if ref and ref.images_per_s else "-"
+            p99 = f"{lv.p99_ms / ref.p99_ms:.2f}" if ref and ref.p99_ms else "-"
+            lines.append(f"| {name} | {lv.users} | {lv.images_per_s:.1f} | {lv.p50_ms:.0f} | {lv.p99_ms:.0f} | "
+                         f"{lv.failures} | {ratio} | {p99} |")
+    return "\n".join(lines), _targets(best_fp32, engines, results, reference)
+
+
+def _targets(best_fp32: float, engines: dict, results: dict[str, list[Level]], reference: dict[int, Level]) -> list[str]:
+    checks = []
+    for name, levels in results.items():
+        if name == "reference":
+            continue
+        for lv in levels:
+            ref = reference.get(lv.users)
+            if ref is None or not ref.images_per_s:
+                continue
+            speedup = lv.images_per_s / ref.images_per_s
+            if "int8" in name:
+                checks.append(_check(f"{name} at {lv.users} clients: {speedup:.2f}x reference (target >= 3.5)", speedup >= 3.5))
+            else:
+                share = lv.images_per_s / best_fp32
+                checks.append(_check(f"{name} at {lv.users} clients: {share:.0%} of the best raw fp32 engine "
+                                     f"({best_fp32:.1f} images/s; target >= 90%)", share >= 0.9))
+                checks.append(_check(f"{name} at {lv.users} clients: {speedup:.2f}x reference (target >= 2) with p99 "
+                                     f"{lv.p99_ms:.0f} vs {ref.p99_ms:.0f} ms (target: lower)",
+                                     speedup >= 2 and lv.p99_ms < ref.p99_ms))
+    if "int8_top1_agreement" in engines:
+        agreement = engines["int8_top1_agreement"]
+        checks.append(_check(f"INT8 top-1 agreement with fp32 on {engines['photos']} photos: {agreement:.1%} "
+                             "(target >= 99%)", agreement >= 0.99))
+    return checks
+
+
+def _check(text: str, ok: bool) -> str:
+    return f"[{'met' if ok else 'MISSED'}] {text}"

@@ -1,0 +1,76 @@
+"""The load-test tools against the real server: locust headless, the sweep runner, the benchmark."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from loadtests.servers import REPO
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_locustfile_runs_headless_without_unexpected_failures(server, tmp_path):
+    """Realistic traffic, malformed share included (they must get their 4xx), for a few seconds."""
+    result = _run("-m", "locust", "-f", "loadtests/locustfile.py", "ClassifierUser", "--headless", "--host", server,
+                  "-u", "4", "-r", "4", "-t", "8s", "--sizes", "100,640,1200", "--malformed-share", "0.3",
+                  "--batch-share", "0.2", "--csv", str(tmp_path / "run"), "--only-summary")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["Name"]: row for row in csv.DictReader((tmp_path / "run_stats.csv").open())}
+    assert int(rows["Aggregated"]["Request Count"]) > 8
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
+    assert any(name.startswith("malformed:") for name in rows)  # malformed requests were sent and got their 4xx
+    assert any(name.startswith("batch of") for name in rows) and "single 100px" in rows
+
+
+def test_locust_counts_a_wrong_answer_as_a_failure(server, tmp_path):
+    """The check is real: photos sent to the wrong field get 400 missing_field, which must fail."""
+    result = _run("-m", "locust", "-f", "loadtests/locustfile.py", "PhotoUser", "--headless", "--host", server,
+                  "-u", "1", "-r", "1", "-t", "3s", "--field", "file", "--csv", str(tmp_path / "run"), "--only-summary")
+    assert result.returncode == 1
+    rows = {row["Name"]: row for row in csv.DictReader((tmp_path / "run_stats.csv").open())}
+    assert int(rows["Aggregated"]["Failure Count"]) == int(rows["Aggregated"]["Request Count"]) > 0
+
+
+def test_sweep_writes_csv_and_plot(server, tmp_path):
+    out = tmp_path / "sweep"
+    result = _run("-m", "loadtests.sweep", "--host", server, "--users", "1,3", "--warm-up", "1", "--duration", "3",
+                  "--malformed-share", "0.2", "--sizes", "100,640,1200", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert [int(r["users"]) for r in rows] == [1, 3]
+    assert all(int(r["failures"]) == 0 and float(r["images_per_s"]) > 0 for r in rows)
+    assert float(rows[0]["p99_ms"]) >= float(rows[0]["p50_ms"]) > 0
+    assert out.with_suffix(".png").read_bytes().startswith(PNG)
+
+
+def test_sweep_refuses_remote_hosts(tmp_path):
+    result = _run("-m", "loadtests.sweep", "--host", "http://example.com", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "only http://127.0.0.1" in result.stderr
+
+
+@pytest.mark.slow
+def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
+    """Raw engines, our service with both ONNX engines, and the reference service, briefly."""
+    result = _run("-m", "loadtests.benchmark", "--model", trained_model, "--photos", "loadtests/photos",
+                  "--concurrency", "2", "--batch-sizes", "1,2", "--engine-seconds", "0.2", "--warm-up", "1",
+                  "--duration", "3", "--out", str(tmp_path), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert set(report["engines"]["images_per_s"]) == {"torch", "onnx", "onnx-int8"}
+    assert 0 <= report["engines"]["int8_top1_agreement"] <= 1
+    services = report["services"]
+    assert set(services) == {"ours (onnx)", "ours (onnx-int8)", "reference"}
+    for levels in services.values():
+        assert levels[0]["users"] == 2 and levels[0]["failures"] == 0 and levels[0]["images_per_s"] > 0
+    assert "| reference | 2 |" in result.stdout and "x reference" in result.stdout
+    assert (tmp_path / "benchmark.png").read_bytes().startswith(PNG)
+    assert len(list(csv.DictReader((tmp_path / "benchmark.csv").open()))) == 3

@@ -1,0 +1,106 @@
+"""The ONNX Runtime engines against PyTorch, on a small network exported once for the module."""
+
+import numpy as np
+import pytest
+import torch
+
+from service.architecture import build_classifier
+from service.model_store import LoadedModel
+from service.onnx_engine import OnnxEngine, OnnxEngineError, softmax
+from service.torch_engine import TorchEngine
+from training.onnx_export import compare_engines, export_onnx, quantize_int8
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from service.contract import ModelContract
+
+    contract = ModelContract(class_names=("a", "b", "c"), backbone="resnet18", weights="none", image_size=64,
+                             resize_size=72, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), dropout=0.2)
+    torch.manual_seed(0)
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout).eval()
+    folder = tmp_path_factory.mktemp("onnx")
+    fp32 = export_onnx(network, contract, folder / "model.onnx")
+    rng = np.random.default_rng(0)
+    calibration = rng.integers(0, 255, (20, 3, 64, 64), dtype=np.uint8)
+    int8 = quantize_int8(fp32, folder / "model.int8.onnx", calibration, contract)
+    return contract, network, fp32, int8
+
+
+def _images(n, seed=1):
+    return np.random.default_rng(seed).integers(0, 255, (n, 3, 64, 64), dtype=np.uint8)
+
+
+def test_onnx_fp32_gives_pytorch_predictions(exported):
+    contract, network, fp32, _ = exported
+    reference = TorchEngine(LoadedModel("t:1", contract, network, {}), torch.device("cpu"), threads=1)
+    engine = OnnxEngine(str(fp32), contract, threads=1)
+    for n in (1, 5):  # the batch dimension is dynamic
+        images = _images(n)
+        probs = engine.predict(images)
+        assert probs.shape == (n, 3) and probs.dtype == np.float32
+        assert np.allclose(probs, reference.predict(images), atol=1e-4)
+    assert (engine.name, engine.device) == ("onnx", "cpu")
+    engine.warm_up(2)
+
+
+def test_int8_is_quantized_and_close_to_fp32(exported):
+    contract, _, fp32, int8 = exported
+    assert int8.stat().st_size < fp32.stat().st_size / 3  # int8 weights
+    images = _images(16)
+    full = OnnxEngine(str(fp32), contract, threads=1)
+    quantized = OnnxEngine(str(int8), contract, threads=1, name="onnx-int8")
+    probs = quantized.predict(images)
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert np.abs(probs - full.predict(images)).max() < 0.2
+
+
+def test_engine_comparison_report(exported):
+    contract, network, fp32, int8 = exported
+    images = _images(8)
+    reference = TorchEngine(LoadedModel("t:1", contract, network, {}), torch.device("cpu"), threads=1).predict(images)
+    labels = reference.argmax(1)
+    report = compare_engines(reference, OnnxEngine(str(fp32), contract, threads=1),
+                             OnnxEngine(str(int8), contract, threads=1), images, labels)
+    assert report["images"] == 8 and report["torch_accuracy"] == 1.0
+    assert report["onnx"]["accuracy"] == 1.0 and report["onnx"]["top1_agreement_with_torch"] == 1.0
+    q = report["onnx-int8"]
+    assert q["accuracy_change"] == pytest.approx(q["accuracy"] - 1.0)
+    assert 0 <= q["top1_agreement_with_fp32"] <= 1 and q["speedup_vs_fp32"] > 0
+
+
+def test_a_corrupt_or_foreign_graph_is_refused(exported, tmp_path):
+    contract, _, fp32, _ = exported
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(fp32.read_bytes()[:5000])
+    with pytest.raises(OnnxEngineError, match="cannot load"):
+        OnnxEngine(str(broken), contract, threads=1)
+    with pytest.raises(OnnxEngineError, match="cannot load"):
+        OnnxEngine(str(tmp_path / "missing.onnx"), contract, threads=1)
+    bigger = contract.model_copy(update={"image_size": 96, "resize_size": 110})
+    with pytest.raises(OnnxEngineError, match=r"not images \[N, 3, 96, 96\]"):
+        OnnxEngine(str(fp32), bigger, threads=1)
+
+
+def test_softmax_is_stable_and_normalised():
+    probs = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]], dtype=np.float32))
+    assert np.isfinite(probs).all()
+    assert np.allclose(probs, [[1.0, 0.0], [0.5, 0.5]])
+
+
+def test_the_head_stays_fp32(exported):
+    """Only the convolutional part is quantized: nothing after the last Conv gets QDQ nodes."""
+    import onnx
+
+    from training.onnx_export import nodes_after_last_conv
+
+    _, _, fp32, int8 = exported
+    tail = nodes_after_last_conv(fp32)
+    ops = [n.op_type for n in onnx.load(str(fp32), load_external_data=False).graph.node]
+    assert "Gemm" in [ops[-1]] and len(tail) < len(ops) and "Conv" not in ops[len(ops) - len(tail):]
+    quantized = onnx.load(str(int8), load_external_data=False).graph.node
+    dequantized = {out for n in quantized if n.op_type == "DequantizeLinear" for out in n.output}
+    (gemm,) = [n for n in quantized if n.op_type == "Gemm"]
+    assert not dequantized & set(gemm.input)  # the head reads fp32 activations and weights
+    convs = [n for n in quantized if n.op_type == "Conv"]
+    assert all(n.input[1] in dequantized for n in convs)  # every convolution has int8 weights
