@@ -30,10 +30,6 @@ def images_per_second(engine, batch: np.ndarray, seconds: float) -> float:
     return done / elapsed
 
 
-def predict_all(engine, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    return np.concatenate([engine.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-
-
 def run(model_tag: str, photos: Path, batch_sizes: list[int], seconds: float, threads: int = 0,
         device: str = "cpu", compile_model: bool = False) -> dict:
     """Images/s per engine and batch size; on a GPU the torch engine (compiled if asked) and batched JPEG decoding."""
@@ -61,7 +57,9 @@ def run(model_tag: str, photos: Path, batch_sizes: list[int], seconds: float, th
     if target.type == "cuda":
         result["gpu_jpeg_decode_images_per_s"] = _jpeg_decode_speed(files, model.contract, target, max(batch_sizes), seconds)
     if "onnx-int8" in engines:
-        fp32, int8 = predict_all(engines["onnx"], images), predict_all(engines["onnx-int8"], images)
+        from training.onnx_export import predict_in_batches
+
+        fp32, int8 = predict_in_batches(engines["onnx"], images), predict_in_batches(engines["onnx-int8"], images)
         result["int8_top1_agreement"] = float((fp32.argmax(1) == int8.argmax(1)).mean())
     return result
 

@@ -20,7 +20,7 @@ from locust import FastHttpUser, constant, events, task
 from loadtests.traffic import DEFAULT_SIZES, PHOTOS, Payload, Traffic, photo_files, photo_traffic, realistic_traffic
 
 DEFAULTS = {"photos": str(PHOTOS), "sizes": ",".join(map(str, DEFAULT_SIZES)), "batch_share": 0.2, "batch_images": 4,
-            "malformed_share": 0.05, "endpoint": "/v1/predict", "field": "image"}
+            "malformed_share": 0.05, "endpoint": "/v1/predict", "field": "image", "seed": None}
 
 
 @events.init_command_line_parser.add_listener
@@ -36,6 +36,8 @@ def _options(parser) -> None:
                        help="share of malformed requests, each expecting its 4xx (default: 0.05)")
     group.add_argument("--endpoint", default=DEFAULTS["endpoint"], help="PhotoUser's endpoint (default: /v1/predict)")
     group.add_argument("--field", default=DEFAULTS["field"], help="PhotoUser's multipart field (default: image)")
+    group.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                       help="seed of the users' request choices, for a repeatable mix (default: none, random)")
 
 
 def option(environment, name: str):
@@ -60,7 +62,8 @@ class _Sender(FastHttpUser):
     traffic: Traffic
 
     def on_start(self) -> None:
-        self.rng = random.Random()
+        seed = option(self.environment, "seed")
+        self.rng = random.Random(None if seed is None else seed + len(self.environment.runner.user_greenlets))
 
     def send(self, path: str, payload: Payload) -> None:
         """POST ``payload``; a success is exactly the status (and error reason) it expects."""

@@ -50,15 +50,17 @@ def _ready(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def serve(env: dict[str, str], *, target: str = "service.service:ImageClassifier", timeout: float = 180) -> Iterator[str]:
+def serve(env: dict[str, str], *, target: str = "service.service:ImageClassifier", timeout: float = 180,
+          log_path: Path | None = None) -> Iterator[str]:
     """Yield the base URL of a running server; stop it afterwards. Polls /readyz, never a fixed sleep.
 
     ``env`` is added to this process's environment; the server gets its own BENTOML_HOME that
-    shares the current one's models (see private_home).
+    shares the current one's models (see private_home). The server's output goes to ``log_path`` if
+    given, else to a temporary file shown when it fails to start.
     """
     port = free_port()
     home = private_home()
-    log = tempfile.NamedTemporaryFile("w+", prefix=f"serve-{port}-", suffix=".log")  # noqa: SIM115 - closed below
+    log = open(log_path, "w+") if log_path else tempfile.NamedTemporaryFile("w+", prefix=f"serve-{port}-", suffix=".log")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
          "--port", str(port)],

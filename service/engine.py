@@ -16,7 +16,6 @@ import torch
 from service.contract import ContractError
 from service.model_store import ModelDescription, load_model
 
-ENGINE_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
 INT8_MIN_AGREEMENT = 0.99  # INT8's top-1 agreement with fp32 (on the test split) below which serving it is warned about
 
 
@@ -34,11 +33,11 @@ def pick_device(choice: str = "auto") -> torch.device:
 
     Raises ValueError for a CUDA device that is not there.
     """
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(choice)
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"{choice} was asked for, but no such CUDA device is available")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice)
+    if device.type == "cuda":
+        if not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"{choice} was asked for, but no such CUDA device is available")
+        device = torch.device("cuda", device.index or 0)  # explicit index: tensors report theirs
     return device
 
 

@@ -4,8 +4,13 @@ The front checks each upload's JPEG header (no pixels decoded) and sends plain J
 service undecoded; there ``decode_batch`` decodes the batch with ``torchvision.io.decode_jpeg`` on
 the model's device, then resizes and crops each image there as the contract prescribes. Everything
 else (other formats, EXIF rotation, CMYK, progressive or oversized JPEGs) keeps the front's
-Pillow path, which handles every case. A JPEG whose data turns out corrupt gets a NaN row, which the
-front reports as a 400 for that image.
+Pillow path, which handles every case, and so does any JPEG the batch decoder rejects (it gets a NaN
+row; the front then decodes it with Pillow, which either succeeds or names the problem in a 400).
+
+The two paths give the same pixels when Pillow needs no draft scaling (images under about twice the
+resize size); above that they differ by a few grey levels. Images over ENGINE_MAX_PIXELS stay on
+the Pillow path, which decodes them at reduced scale: a batch of full-size decodes would take GPU
+memory in proportion to the pixels.
 """
 
 from __future__ import annotations
@@ -17,20 +22,19 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from service.contract import ModelContract
+from service.preprocessing import fit
 
 logger = logging.getLogger(__name__)
 
-_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+ENGINE_MAX_PIXELS = 12_000_000  # a 4000 x 3000 phone photo; 16 of them are 576 MB decoded
 _EXIF_ORIENTATION = 0x0112
 
 
 def batch_decodable(data: bytes, max_pixels: int) -> bool:
-    """Whether ``data`` is a plain JPEG that decode_batch gives the same pixels as the Pillow path:
-    baseline, RGB or grayscale, upright (no EXIF rotation), within ``max_pixels``. Reads the header only."""
+    """Whether ``data`` is a plain JPEG for decode_batch: baseline, RGB or grayscale, upright (no EXIF
+    rotation), within ``max_pixels`` and ENGINE_MAX_PIXELS. Reads the header only."""
     try:
         img = Image.open(io.BytesIO(data), formats=["JPEG"])
         width, height = img.size
@@ -38,13 +42,8 @@ def batch_decodable(data: bytes, max_pixels: int) -> bool:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return False
     progressive = img.info.get("progressive") or img.info.get("progression")
-    return img.mode in ("RGB", "L") and 0 < width * height <= max_pixels and upright and not progressive
-
-
-def resize_and_crop_tensor(image: torch.Tensor, contract: ModelContract) -> torch.Tensor:
-    """uint8 [3, H, W] on any device -> uint8 [3, S, S]: shorter side to resize_size, center crop."""
-    image = F.resize(image, [contract.resize_size], interpolation=_INTERPOLATION[contract.interpolation], antialias=True)
-    return F.center_crop(image, [contract.image_size, contract.image_size])
+    pixels = width * height
+    return img.mode in ("RGB", "L") and 0 < pixels <= min(max_pixels, ENGINE_MAX_PIXELS) and upright and not progressive
 
 
 def decode_batch(datas: list[bytes], contract: ModelContract, device: torch.device) -> tuple[torch.Tensor, list[int]]:
@@ -58,7 +57,7 @@ def decode_batch(datas: list[bytes], contract: ModelContract, device: torch.devi
     failed = [i for i, image in enumerate(images) if image is None]
     size = contract.image_size
     blank = torch.zeros((3, size, size), dtype=torch.uint8, device=device)
-    return torch.stack([blank if image is None else resize_and_crop_tensor(image, contract) for image in images]), failed
+    return torch.stack([blank if image is None else fit(image, contract) for image in images]), failed
 
 
 def _decode_one(encoded: torch.Tensor, device: torch.device) -> torch.Tensor | None:
@@ -70,7 +69,7 @@ def _decode_one(encoded: torch.Tensor, device: torch.device) -> torch.Tensor | N
 
 
 def mark_failed(probs: np.ndarray, failed: list[int]) -> np.ndarray:
-    """Rows of images that could not be decoded become NaN, so the front can answer 400 for them."""
+    """Rows of images that could not be decoded become NaN, so the front decodes them itself."""
     if failed:
         probs = probs.copy()
         probs[failed] = np.nan

@@ -7,14 +7,10 @@ fp32 graph and the INT8 (statically quantized, QDQ) one.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnxruntime as ort
 
 from service.contract import ModelContract
-
-logger = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

@@ -17,11 +17,16 @@ from service.imaging import DEFAULT_MAX_PIXELS, decode_image
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
+def fit(image: Image.Image | torch.Tensor, contract: ModelContract) -> Image.Image | torch.Tensor:
+    """Shorter side to resize_size, then the center image_size square: a PIL image, or a uint8 tensor
+    [3, H, W] on any device (the batched JPEG decoder's output)."""
+    image = F.resize(image, [contract.resize_size], interpolation=_INTERPOLATION[contract.interpolation], antialias=True)
+    return F.center_crop(image, [contract.image_size, contract.image_size])
+
+
 def resize_and_crop(img: Image.Image, contract: ModelContract) -> torch.Tensor:
     """RGB image -> uint8 tensor [3, image_size, image_size] as the contract prescribes."""
-    img = F.resize(img, [contract.resize_size], interpolation=_INTERPOLATION[contract.interpolation], antialias=True)
-    img = F.center_crop(img, [contract.image_size, contract.image_size])
-    return F.pil_to_tensor(img)
+    return F.pil_to_tensor(fit(img, contract))
 
 
 def prepare_image(data: bytes, contract: ModelContract, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:

@@ -11,34 +11,29 @@ Two services in one server (``bentoml serve service.service:ImageClassifier``):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
 import time
 
-import anyio
 import bentoml
-import httpx
 import numpy as np
 import torch
-from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.auth import CHALLENGE, check_api_key
+from service.classify import Classifier
 from service.contract import ContractError
 from service.engine import choose_engine, cpu_threads, int8_caveat, make_engine, pick_device
-from service.imaging import InputError
-from service.jpeg_batch import batch_decodable, decode_batch, mark_failed
+from service.jpeg_batch import decode_batch, mark_failed
 from service.metrics import metrics
 from service.model_store import describe_model
-from service.postprocessing import default_top_k, to_prediction
-from service.preprocessing import prepare_image
 from service.schemas import BatchPredictResponse, Batching, ErrorResponse, Limits, ModelInfo, PredictResponse
 from service.settings import ServiceSettings, SettingsError
-from service.uploads import ApiError, Upload, many_images, single_image
+from service.uploads import ApiError, many_images, single_image
 
 logger = logging.getLogger("service")
 
@@ -87,9 +82,10 @@ class ModelRunner:
         model = describe_model(settings.model_tag)
         device = pick_device(settings.device)
         self.contract, self.device = model.contract, device
+        threads = cpu_threads(settings.inference_threads, workers=settings.model_workers)
+        torch.set_num_threads(threads)  # also for the resizes of batched JPEG decoding next to an ONNX engine
         self.engine = make_engine(
-            model, choose_engine(settings.engine, device, model.engines), device,
-            threads=cpu_threads(settings.inference_threads, workers=settings.model_workers),
+            model, choose_engine(settings.engine, device, model.engines), device, threads=threads,
             compile_max_batch=_BATCHING.max_batch_size if settings.compile else 0,
         )
         if self.engine.name == "onnx-int8" and (caveat := int8_caveat(model)):
@@ -132,7 +128,7 @@ api = FastAPI(
     title="Image classifier",
     description="Transfer-learned image classification. Errors are JSON: {\"error\": {\"reason\", \"message\", \"file\", \"index\"}}.",
 )
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 415, 503)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 503)}
 _ONE_IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
                                        "properties": {"image": {"type": "string", "format": "binary"}}}},
@@ -149,7 +145,7 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     if exc.status < 500:
         metrics().rejected.labels(exc.reason).inc()
     body = ErrorResponse(error={"reason": exc.reason, "message": exc.message, "file": exc.file, "index": exc.index})
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    headers = {503: {"Retry-After": "1"}, 401: CHALLENGE}.get(exc.status)
     return JSONResponse(body.model_dump(), status_code=exc.status, headers=headers)
 
 
@@ -186,34 +182,32 @@ class ImageClassifier:
         self.device = device.type
         self.engine = choose_engine(self.settings.engine, device, self.model.engines)  # as the runner chooses
         choice = self.settings.jpeg_decode
-        self.engine_decodes = choice == "engine" or (choice == "auto" and device.type == "cuda" and self.engine == "torch")
+        engine_decodes = choice == "engine" or (choice == "auto" and device.type == "cuda" and self.engine == "torch")
         torch.set_num_threads(1)  # decoding runs in threads here; leave the cores to the model runner
-        self._limiter: anyio.CapacityLimiter | None = None
+        # The runner's client exists only once the server's event loop runs: look it up on each call.
+        self.classifier = Classifier(self.model, self.settings, lambda batch: self.runner.to_async.infer(batch),
+                                     lambda datas: self.runner.to_async.infer_jpeg(datas), engine_decodes=engine_decodes)
         metrics()
-
-    def _decode_limiter(self) -> anyio.CapacityLimiter:
-        """At most CLASSIFIER_DECODE_CONCURRENCY images decode at once, across all requests: decoded
-        pixels take far more memory than the upload (a 130 KB PNG can be a 40 MP image)."""
-        if self._limiter is None:  # created in the event loop that uses it
-            self._limiter = anyio.CapacityLimiter(self.settings.decode_concurrency or os.cpu_count() or 1)
-        return self._limiter
 
     @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_ONE_IMAGE_BODY)
     async def predict(self, request: Request, top_k: int | None = Query(None, ge=1)) -> PredictResponse:
         """Classify one image: a multipart file in field `image`, or the raw body with an image/* type."""
+        check_api_key(self.settings.api_key, request.headers)
         upload = await single_image(request, max_bytes=self.settings.max_body_bytes)
-        (result,) = await self._classify([upload], top_k, many=False)
+        (result,) = await self.classifier.classify([upload], top_k, many=False)
         return PredictResponse(model=self.model.tag, **result.model_dump())
 
     @api.post("/predict/batch", response_model=BatchPredictResponse, responses=_ERRORS, openapi_extra=_MANY_IMAGES_BODY)
     async def predict_batch(self, request: Request, top_k: int | None = Query(None, ge=1)) -> BatchPredictResponse:
         """Classify several images (multipart files in field `images`); results in the order sent."""
+        check_api_key(self.settings.api_key, request.headers)
         uploads = await many_images(request, max_bytes=self.settings.max_body_bytes, max_images=self.settings.max_images)
-        return BatchPredictResponse(model=self.model.tag, results=await self._classify(uploads, top_k, many=True))
+        return BatchPredictResponse(model=self.model.tag, results=await self.classifier.classify(uploads, top_k, many=True))
 
     @api.get("/model", response_model=ModelInfo)
-    async def model_info(self) -> ModelInfo:
+    async def model_info(self, request: Request) -> ModelInfo:
         """The served model: tag, classes, contract, device, training metrics, batching and limits."""
+        check_api_key(self.settings.api_key, request.headers)
         s, contract = self.settings, self.model.contract
         return ModelInfo(
             tag=self.model.tag, class_names=list(contract.class_names), backbone=contract.backbone, contract=contract,
@@ -221,60 +215,3 @@ class ImageClassifier:
             batching=Batching(max_batch_size=_BATCHING.max_batch_size, max_latency_ms=_BATCHING.max_latency_ms),
             limits=Limits(max_body_bytes=s.max_body_bytes, max_pixels=s.max_pixels, max_images=s.max_images),
         )
-
-    async def _classify(self, uploads: list[Upload], top_k: int | None, *, many: bool):
-        """Decode (here, or plain JPEGs next to the model), infer, and build one result per upload, in order."""
-        contract = self.model.contract
-        at_engine = [self.engine_decodes and batch_decodable(u.data, self.settings.max_pixels) for u in uploads]
-        here = [i for i, engine_side in enumerate(at_engine) if not engine_side]
-        there = [i for i, engine_side in enumerate(at_engine) if engine_side]
-        prepared = await asyncio.gather(*(self._prepare(uploads[i], i if many else None) for i in here),
-                                        return_exceptions=True)
-        for outcome in prepared:  # report the first bad image in the order sent
-            if isinstance(outcome, BaseException):
-                raise outcome
-        calls = []
-        if here:
-            calls.append(self._run_model(self.runner.to_async.infer, np.stack(prepared)))
-        if there:
-            calls.append(self._run_model(self.runner.to_async.infer_jpeg, [uploads[i].data for i in there]))
-        probs = np.empty((len(uploads), contract.num_classes), dtype=np.float32)
-        for indices, rows in zip([x for x in (here, there) if x], await asyncio.gather(*calls)):
-            probs[indices] = rows
-        for i in there:
-            if np.isnan(probs[i]).any():
-                raise ApiError(400, "corrupt_image", "the JPEG data is truncated or corrupt", file=uploads[i].filename,
-                               index=i if many else None)
-        k = top_k or default_top_k(contract.num_classes)
-        results = [to_prediction(p, contract.class_names, k, u.filename) for p, u in zip(probs, uploads)]
-        m = metrics()
-        for result in results:
-            m.predictions.labels(result.label).inc()
-            m.confidence.observe(result.probability)
-        return results
-
-    async def _run_model(self, method, batch) -> np.ndarray:
-        """One call to the model service; its failures become 503s with Retry-After."""
-        try:
-            return await method(batch)
-        except BentoMLException as exc:
-            if getattr(exc, "error_code", None) == 503:
-                raise ApiError(503, "overloaded", "the model is busy; retry shortly") from exc
-            logger.exception("model runner failed")
-            raise ApiError(503, "model_unavailable", "the model service failed; retry shortly") from exc
-        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
-            logger.warning("model runner unreachable: %s", exc)
-            raise ApiError(503, "model_unavailable", "the model service is not reachable; retry shortly") from exc
-
-    async def _prepare(self, upload: Upload, index: int | None) -> np.ndarray:
-        """Decode and preprocess in a worker thread; a bad image is a 400 naming the file."""
-        start = time.perf_counter()
-        try:
-            tensor = await anyio.to_thread.run_sync(
-                lambda: prepare_image(upload.data, self.model.contract, max_pixels=self.settings.max_pixels),
-                limiter=self._decode_limiter(),
-            )
-        except InputError as exc:
-            raise ApiError(400, exc.reason, exc.message, file=upload.filename, index=index) from exc
-        metrics().preprocess_seconds.observe(time.perf_counter() - start)
-        return tensor.numpy()

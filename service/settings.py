@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from service.contract import DEFAULT_MODEL_NAME
 from service.imaging import DEFAULT_MAX_PIXELS
@@ -39,6 +39,8 @@ class ServiceSettings(BaseModel):
     max_images: int = Field(32, ge=1, le=1024, description="most images in one multi-image request")
     model_workers: int = Field(1, ge=1, le=64, description="model runner processes; each gets its share of the cores")
     inference_threads: int = Field(0, ge=0, description="CPU inference threads per model worker; 0: the worker's share of the cores")
+    api_key: SecretStr | None = Field(None, min_length=16, description="when set, the /v1 endpoints require this key "
+                                      "(Authorization: Bearer or X-API-Key); health and metrics stay open")
     decode_concurrency: int = Field(0, ge=0, description="images decoded at once per front worker; 0: CPU cores")
 
     @classmethod
@@ -55,4 +57,5 @@ class ServiceSettings(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             var = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX
-            raise SettingsError(f"{var}={values.get(str(first['loc'][0]), '')!r}: {first['msg']}") from None
+            shown = "(hidden)" if var == ENV_PREFIX + "API_KEY" else repr(values.get(str(first["loc"][0]), ""))
+            raise SettingsError(f"{var}={shown}: {first['msg']}") from None

@@ -7,15 +7,11 @@ is padded up to the next one, so adaptive batching's varying sizes never trigger
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
 from service.model_store import LoadedModel
 from service.preprocessing import normalize
-
-logger = logging.getLogger(__name__)
 
 
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
@@ -62,6 +58,9 @@ class TorchEngine:
             torch.set_num_threads(threads)
         network = loaded.network.to(device, dtype=self.dtype, memory_format=torch.channels_last).eval()
         self.buckets = batch_buckets(compile_max_batch) if compile_max_batch else None
+        if self.buckets:
+            # One compiled graph per bucket: more buckets than Dynamo's recompile limit would fall back to eager.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(self.buckets) + 1)
         self.network = torch.compile(network, dynamic=False) if self.buckets else network
 
     @torch.inference_mode()
@@ -71,8 +70,10 @@ class TorchEngine:
         n = len(x)
         if self.buckets:
             x = pad_batch(x, bucket_for(n, self.buckets))
-        if x.device != self.torch_device:
-            x = x.pin_memory().to(self.torch_device, non_blocking=True) if self.torch_device.type == "cuda" else x.to(self.torch_device)
+        if x.device.type == "cpu" and self.torch_device.type == "cuda":
+            x = x.pin_memory().to(self.torch_device, non_blocking=True)
+        else:  # already on a device (batched JPEG decoding), or CPU to CPU: a no-op
+            x = x.to(self.torch_device)
         x = normalize(x, self.contract).to(self.dtype).contiguous(memory_format=torch.channels_last)
         return self.network(x)[:n].float().softmax(dim=1).cpu().numpy()
 

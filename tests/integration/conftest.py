@@ -9,6 +9,7 @@ from tests.support.cli import saved_tag, train
 from tests.support.synthetic import make_dataset
 
 SERVER_ENV = {
+    "CLASSIFIER_DEVICE": "cpu",  # the tests expect the CPU engines, also on a machine with a GPU
     "CLASSIFIER_MAX_BATCH_SIZE": "4",
     "CLASSIFIER_MAX_LATENCY_MS": "30000",
     "CLASSIFIER_MAX_BODY_BYTES": str(2 * 1024 * 1024),

@@ -73,4 +73,4 @@ def test_an_engine_the_model_does_not_have(trained_model):
 def test_a_corrupt_onnx_graph(trained_model):
     graph = open(bentoml.models.get(trained_model).path_of(ONNX_FILES["onnx"]), "rb").read()
     tag = copy_model(trained_model, "corrupt-onnx", files={ONNX_FILES["onnx"]: graph[: len(graph) // 2]})
-    assert_refused(start({"CLASSIFIER_MODEL_TAG": tag}), "cannot load")  # auto picks onnx on the CPU
+    assert_refused(start({"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_DEVICE": "cpu"}), "cannot load")  # auto: onnx on CPU

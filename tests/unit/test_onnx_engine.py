@@ -50,9 +50,10 @@ def test_int8_is_quantized_and_close_to_fp32(exported):
     images = _images(16)
     full = OnnxEngine(str(fp32), contract, threads=1)
     quantized = OnnxEngine(str(int8), contract, threads=1, name="onnx-int8")
-    probs = quantized.predict(images)
-    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
-    assert np.abs(probs - full.predict(images)).max() < 0.2
+    assert np.allclose(quantized.predict(images).sum(1), 1.0, atol=1e-5)
+    # The logits follow fp32's closely (a broken quantization gives unrelated or constant logits).
+    q, f = quantized.logits(images).ravel(), full.logits(images).ravel()
+    assert np.corrcoef(q, f)[0, 1] > 0.95
 
 
 def test_engine_comparison_report(exported):

@@ -29,3 +29,11 @@ def test_bad_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var) as info:
         ServiceSettings.from_env({var: value})
     assert "\n" not in str(info.value)
+
+
+def test_api_key_is_secret_and_checked_without_echoing_it():
+    s = ServiceSettings.from_env({"CLASSIFIER_API_KEY": "k" * 20})
+    assert s.api_key.get_secret_value() == "k" * 20 and "k" * 20 not in repr(s)
+    with pytest.raises(SettingsError, match="CLASSIFIER_API_KEY=\\(hidden\\)") as info:
+        ServiceSettings.from_env({"CLASSIFIER_API_KEY": "short-key"})
+    assert "short-key" not in str(info.value)

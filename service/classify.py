@@ -1,0 +1,126 @@
+"""From validated uploads to predictions: decode, infer, and one result per upload in the order sent.
+
+Each image is decoded in the front (Pillow, in a thread, under a shared limit) or, for plain JPEGs
+when the model service decodes them (on its GPU), sent there undecoded; one model call per path.
+A JPEG the batch decoder rejects is decoded here after all. A bad image is a 400 naming the first bad
+file in the order sent; the model service's failures are 503s with Retry-After. The model service's
+methods are passed in, so all of this runs without a server in the unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx
+import numpy as np
+from bentoml.exceptions import BentoMLException
+
+from service.imaging import InputError
+from service.jpeg_batch import batch_decodable
+from service.metrics import metrics
+from service.model_store import ModelDescription
+from service.postprocessing import default_top_k, to_prediction
+from service.preprocessing import prepare_image
+from service.schemas import Prediction
+from service.settings import ServiceSettings
+from service.uploads import ApiError, Upload
+
+logger = logging.getLogger(__name__)
+
+ModelCall = Callable[[Any], Awaitable[np.ndarray]]
+
+
+class Classifier:
+    """``infer`` takes uint8 [N, 3, S, S], ``infer_jpeg`` a list of JPEG bytes; both return probabilities
+    [N, C] (NaN rows from infer_jpeg: images it could not decode). ``engine_decodes``: send plain JPEGs
+    to infer_jpeg."""
+
+    def __init__(self, model: ModelDescription, settings: ServiceSettings, infer: ModelCall, infer_jpeg: ModelCall,
+                 *, engine_decodes: bool) -> None:
+        self.model, self.settings = model, settings
+        self.infer, self.infer_jpeg = infer, infer_jpeg
+        self.engine_decodes = engine_decodes
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def classify(self, uploads: list[Upload], top_k: int | None, *, many: bool) -> list[Prediction]:
+        contract = self.model.contract
+        probs = np.full((len(uploads), contract.num_classes), np.nan, dtype=np.float32)
+        errors: dict[int, ApiError] = {}
+        there = [i for i, u in enumerate(uploads)
+                 if self.engine_decodes and batch_decodable(u.data, self.settings.max_pixels)]
+        here = sorted(set(range(len(uploads))) - set(there))
+        await asyncio.gather(self._decode_here(uploads, here, probs, errors, many),
+                             self._decode_there(uploads, there, probs))
+        retry = [i for i in there if np.isnan(probs[i]).any()]
+        if retry:  # decode them here after all: Pillow either manages or names the problem
+            await self._decode_here(uploads, retry, probs, errors, many)
+        if errors:
+            raise errors[min(errors)]  # the first bad image in the order sent
+        if np.isnan(probs).any():
+            raise RuntimeError("the model returned NaN probabilities")  # a bug: answered 500 and logged
+        k = top_k or default_top_k(contract.num_classes)
+        results = [to_prediction(p, contract.class_names, k, u.filename) for p, u in zip(probs, uploads)]
+        m = metrics()
+        for result in results:
+            m.predictions.labels(result.label).inc()
+            m.confidence.observe(result.probability)
+        return results
+
+    async def _decode_here(self, uploads: list[Upload], indices: list[int], probs: np.ndarray,
+                           errors: dict[int, ApiError], many: bool) -> None:
+        """Decode ``indices`` in this process, then one model call for them, unless an image is bad."""
+        if not indices:
+            return
+        prepared = await asyncio.gather(*(self._prepare(uploads[i], i if many else None) for i in indices),
+                                        return_exceptions=True)
+        for i, outcome in zip(indices, prepared):
+            if isinstance(outcome, ApiError):
+                errors[i] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        if not errors:  # the request fails anyway: spare the model
+            probs[indices] = await self._call(self.infer, np.stack(prepared))
+
+    async def _decode_there(self, uploads: list[Upload], indices: list[int], probs: np.ndarray) -> None:
+        if indices:
+            probs[indices] = await self._call(self.infer_jpeg, [uploads[i].data for i in indices])
+
+    async def _prepare(self, upload: Upload, index: int | None) -> np.ndarray:
+        """Decode and preprocess in a worker thread; a bad image is a 400 naming the file."""
+        start = time.perf_counter()
+        try:
+            tensor = await anyio.to_thread.run_sync(
+                lambda: prepare_image(upload.data, self.model.contract, max_pixels=self.settings.max_pixels),
+                limiter=self._decode_limiter(),
+            )
+        except InputError as exc:
+            raise ApiError(400, exc.reason, exc.message, file=upload.filename, index=index) from exc
+        metrics().preprocess_seconds.observe(time.perf_counter() - start)
+        return tensor.numpy()
+
+    def _decode_limiter(self) -> anyio.CapacityLimiter:
+        """At most CLASSIFIER_DECODE_CONCURRENCY images decode at once, across all requests: decoded
+        pixels take far more memory than the upload (a 130 KB PNG can be a 40 MP image)."""
+        if self._limiter is None:  # created in the event loop that uses it
+            self._limiter = anyio.CapacityLimiter(self.settings.decode_concurrency or os.cpu_count() or 1)
+        return self._limiter
+
+    @staticmethod
+    async def _call(method: ModelCall, batch: Any) -> np.ndarray:
+        """One call to the model service; its failures become 503s with Retry-After."""
+        try:
+            return await method(batch)
+        except BentoMLException as exc:
+            if getattr(exc, "error_code", None) == 503:
+                raise ApiError(503, "overloaded", "the model is busy; retry shortly") from exc
+            logger.exception("model runner failed")
+            raise ApiError(503, "model_unavailable", "the model service failed; retry shortly") from exc
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+            logger.warning("model runner unreachable: %s", exc)
+            raise ApiError(503, "model_unavailable", "the model service is not reachable; retry shortly") from exc

@@ -1,0 +1,33 @@
+"""With CLASSIFIER_API_KEY set, the /v1 endpoints need the key; health and metrics stay open; the key is never logged."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from loadtests.servers import serve
+from tests.integration.conftest import SERVER_ENV
+from tests.integration.test_service import HOPPER
+
+pytestmark = pytest.mark.slow
+KEY = "test-key-4f1d9c2a7b3e8d6f"
+
+
+def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
+    log = tmp_path / "server.log"
+    with serve({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV, "CLASSIFIER_API_KEY": KEY}, log_path=log) as url:
+        files = {"image": ("hopper.jpg", HOPPER)}
+        missing = httpx.post(f"{url}/v1/predict", files=files)
+        wrong = httpx.post(f"{url}/v1/predict", files=files, headers={"X-API-Key": KEY[:-1] + "0"})
+        bearer = httpx.post(f"{url}/v1/predict", files=files, headers={"Authorization": f"Bearer {KEY}"})
+        header = httpx.post(f"{url}/v1/predict/batch", files=[("images", ("a.jpg", HOPPER))], headers={"X-API-Key": KEY})
+        info = httpx.get(f"{url}/v1/model")
+        open_paths = [httpx.get(f"{url}{path}").status_code for path in ("/livez", "/readyz", "/metrics")]
+        metrics = httpx.get(f"{url}/metrics").text
+    for refused in (missing, wrong, info):
+        assert refused.status_code == 401 and refused.json()["error"]["reason"] == "unauthorized"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert bearer.status_code == 200 and header.status_code == 200
+    assert open_paths == [200, 200, 200]
+    assert 'image_classifier_rejected_inputs_total{reason="unauthorized"} 3.0' in metrics
+    assert KEY not in log.read_text() and KEY[:-1] not in log.read_text()

@@ -1,0 +1,96 @@
+"""Routing uploads to the two decode paths and merging the answers, with fake model calls (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+from bentoml.exceptions import BentoMLException
+
+from service.classify import Classifier
+from service.model_store import ModelDescription
+from service.settings import ServiceSettings
+from service.uploads import ApiError, Upload
+
+
+class FakeModel:
+    """Records its calls; class 0's probability encodes the input, so results can be traced to images."""
+
+    def __init__(self, fail_jpegs: set[bytes] = frozenset(), error: Exception | None = None) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.fail_jpegs, self.error = fail_jpegs, error
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(("infer", len(batch)))
+        if self.error:
+            raise self.error
+        return np.array([[0.25, 0.75]] * len(batch), dtype=np.float32)
+
+    async def infer_jpeg(self, datas: list[bytes]) -> np.ndarray:
+        self.calls.append(("infer_jpeg", len(datas)))
+        rows = np.array([[0.9, 0.1]] * len(datas), dtype=np.float32)
+        rows[[i for i, d in enumerate(datas) if d in self.fail_jpegs]] = np.nan
+        return rows
+
+
+def classify(contract, uploads, fake, *, engine_decodes=True, many=True):
+    model = ModelDescription("m:1", contract, {}, "w", {})
+    classifier = Classifier(model, ServiceSettings(), fake.infer, fake.infer_jpeg, engine_decodes=engine_decodes)
+    return asyncio.run(classifier.classify(uploads, None, many=many))
+
+
+@pytest.fixture
+def files(odd_image):
+    return {name: Upload(name, odd_image(name)) for name in ("hopper.jpg", "hopper.png", "hopper_orientation_6.jpg")}
+
+
+def test_plain_jpegs_go_to_the_model_undecoded_the_rest_decode_here(contract, files):
+    fake = FakeModel()
+    results = classify(contract, [files["hopper.png"], files["hopper.jpg"], files["hopper_orientation_6.jpg"]], fake)
+    assert sorted(fake.calls) == [("infer", 2), ("infer_jpeg", 1)]
+    assert [r.filename for r in results] == ["hopper.png", "hopper.jpg", "hopper_orientation_6.jpg"]
+    assert [r.top_k[0].probability for r in results] == [0.75, 0.9, 0.75]  # each answer at its own position
+
+
+def test_front_decoding_only_when_the_engine_does_not_decode(contract, files):
+    fake = FakeModel()
+    classify(contract, [files["hopper.jpg"], files["hopper.png"]], fake, engine_decodes=False)
+    assert fake.calls == [("infer", 2)]
+
+
+def test_a_jpeg_the_batch_decoder_rejects_is_decoded_here(contract, files):
+    fake = FakeModel(fail_jpegs={files["hopper.jpg"].data})
+    (result,) = classify(contract, [files["hopper.jpg"]], fake, many=False)
+    assert fake.calls == [("infer_jpeg", 1), ("infer", 1)] and result.probability == 0.75
+
+
+def test_the_first_bad_image_in_order_is_reported(contract, files, odd_image):
+    truncated = odd_image("hopper.jpg")[:600]  # a valid header, so it goes to the batch decoder, which fails
+    fake = FakeModel(fail_jpegs={truncated})
+    uploads = [files["hopper.png"], Upload("cut.jpg", truncated), Upload("bad.png", odd_image("broken.png"))]
+    with pytest.raises(ApiError) as info:
+        classify(contract, uploads, fake)
+    assert (info.value.status, info.value.reason, info.value.file, info.value.index) == (400, "corrupt_image", "cut.jpg", 1)
+    assert ("infer", 1) not in fake.calls  # a failing request does not run the model on its good images
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [(BentoMLException("busy", error_code=503), "overloaded"), (BentoMLException("boom"), "model_unavailable"),
+     (httpx.ConnectError("refused"), "model_unavailable")],
+)
+def test_model_service_failures_are_503(contract, files, error, reason):
+    with pytest.raises(ApiError) as info:
+        classify(contract, [files["hopper.png"]], FakeModel(error=error))
+    assert (info.value.status, info.value.reason) == (503, reason)
+
+
+def test_nan_from_the_model_is_a_bug_not_a_bad_image(contract, files):
+    class NanModel(FakeModel):
+        async def infer(self, batch):
+            return np.full((len(batch), 2), np.nan, dtype=np.float32)
+
+    with pytest.raises(RuntimeError, match="NaN"):
+        classify(contract, [files["hopper.png"]], NanModel())
