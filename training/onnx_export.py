@@ -35,7 +35,8 @@ CALIBRATION_BATCH = 16
 
 
 def export_onnx(network: Classifier, contract: ModelContract, path: Path) -> Path:
-    """Write ``network`` (eval mode, CPU, fp32) as an ONNX graph with a dynamic batch dimension."""
+    """Write ``network`` as an ONNX graph with a dynamic batch dimension. Moves ``network`` to the CPU in
+    float32 and eval mode, in place (training is over when this runs)."""
     network = network.to("cpu", torch.float32).eval()
     example = torch.zeros(2, 3, contract.image_size, contract.image_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
