@@ -49,7 +49,8 @@ def metrics() -> ServiceMetrics:
             f"{PREFIX}_preprocess_duration_seconds", "Time to decode, resize and crop one image.", buckets=_SECONDS
         ),
         inference_seconds=Histogram(
-            f"{PREFIX}_inference_duration_seconds", "Time of one forward pass of the model over a batch.",
+            f"{PREFIX}_inference_duration_seconds", "Time the model service spends on one batch: the forward "
+            "pass (and, for JPEGs sent undecoded, their decoding).",
             buckets=_SECONDS,
         ),
         batch_images=Histogram(
