@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,18 +50,35 @@ def _ready(url: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    url: str
+    process: subprocess.Popen  # `bentoml serve`: BentoML's process manager, parent of the worker processes
+    log: Path
+
+
 @contextlib.contextmanager
 def serve(env: dict[str, str], *, target: str = "service.service:ImageClassifier", timeout: float = 180,
           log_path: Path | None = None) -> Iterator[str]:
-    """Yield the base URL of a running server; stop it afterwards. Polls /readyz, never a fixed sleep.
+    """Yield the base URL of a running server; stop it afterwards. See serve_process."""
+    with serve_process(env, target=target, timeout=timeout, log_path=log_path) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def serve_process(env: dict[str, str], *, target: str = "service.service:ImageClassifier", timeout: float = 180,
+                  log_path: Path | None = None) -> Iterator[RunningServer]:
+    """Start `bentoml serve` and yield it once ready; stop it afterwards. Polls /readyz, never a fixed sleep.
 
     ``env`` is added to this process's environment; the server gets its own BENTOML_HOME that
     shares the current one's models (see private_home). The server's output goes to ``log_path`` if
-    given, else to a temporary file shown when it fails to start.
+    given, else to a temporary file, shown when it fails to start.
     """
     port = free_port()
     home = private_home()
-    log = open(log_path, "w+") if log_path else tempfile.NamedTemporaryFile("w+", prefix=f"serve-{port}-", suffix=".log")  # noqa: SIM115
+    if log_path is None:
+        log_path = home / "server.log"
+    log = open(log_path, "w+")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
          "--port", str(port)],
@@ -74,11 +92,11 @@ def serve(env: dict[str, str], *, target: str = "service.service:ImageClassifier
                 log.seek(0)
                 raise RuntimeError(f"server did not become ready:\n{log.read()[-4000:]}")
             time.sleep(0.5)
-        yield url
+        yield RunningServer(url, proc, Path(log_path))
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=90)  # a graceful shutdown finishes in-flight requests first
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()

@@ -3,8 +3,9 @@
 Each image is decoded in the front (Pillow, in a thread, under a shared limit) or, for plain JPEGs
 when the model service decodes them (on its GPU), sent there undecoded; one model call per path.
 A JPEG the batch decoder rejects is decoded here after all. A bad image is a 400 naming the first bad
-file in the order sent; the model service's failures are 503s with Retry-After. The model service's
-methods are passed in, so all of this runs without a server in the unit tests.
+file in the order sent; the model service's failures are 503s with Retry-After. Every request first
+passes the admission gate (service/admission.py), which sheds load beyond the configured limits.
+The model service's methods are passed in, so all of this runs without a server in the unit tests.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import anyio
 import httpx
 import numpy as np
 from bentoml.exceptions import BentoMLException
 
+from service.admission import Admission, Overloaded
 from service.imaging import InputError
 from service.jpeg_batch import batch_decodable
 from service.metrics import metrics
@@ -47,8 +50,21 @@ class Classifier:
         self.infer, self.infer_jpeg = infer, infer_jpeg
         self.engine_decodes = engine_decodes
         self._limiter: anyio.CapacityLimiter | None = None
+        m = metrics()
+        self.admission = Admission(settings.inflight_capacity, settings.max_queue, settings.max_queue_wait_ms / 1000,
+                                   observe=lambda admitted, queued: (m.admitted_images.set(admitted),
+                                                                     m.queued_requests.set(queued)))
 
     async def classify(self, uploads: list[Upload], top_k: int | None, *, many: bool) -> list[Prediction]:
+        """Predictions in the order sent; ApiError 400 for the first bad image, 503 when over capacity."""
+        try:
+            async with self.admission.admit(len(uploads)):
+                return await self._classify(uploads, top_k, many)
+        except Overloaded as exc:
+            metrics().shed.labels(exc.reason).inc()
+            raise ApiError(503, "overloaded", exc.message) from None
+
+    async def _classify(self, uploads: list[Upload], top_k: int | None, many: bool) -> list[Prediction]:
         contract = self.model.contract
         probs = np.full((len(uploads), contract.num_classes), np.nan, dtype=np.float32)
         errors: dict[int, ApiError] = {}
@@ -117,10 +133,11 @@ class Classifier:
         try:
             return await method(batch)
         except BentoMLException as exc:
-            if getattr(exc, "error_code", None) == 503:
+            if getattr(exc, "error_code", None) == 503:  # BentoML's batcher: over the batching latency budget
+                metrics().shed.labels("batching_budget").inc()
                 raise ApiError(503, "overloaded", "the model is busy; retry shortly") from exc
             logger.exception("model runner failed")
             raise ApiError(503, "model_unavailable", "the model service failed; retry shortly") from exc
-        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
             logger.warning("model runner unreachable: %s", exc)
             raise ApiError(503, "model_unavailable", "the model service is not reachable; retry shortly") from exc

@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 PREFIX = "image_classifier"
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SHED_REASONS = ("queue_full", "queue_timeout", "batching_budget")
 _CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
@@ -26,12 +27,15 @@ class ServiceMetrics:
     inference_seconds: Histogram
     batch_images: Histogram
     model_info: Gauge
+    shed: Counter
+    admitted_images: Gauge
+    queued_requests: Gauge
 
 
 @lru_cache(maxsize=1)
 def metrics() -> ServiceMetrics:
     """The process's metric objects (created once)."""
-    return ServiceMetrics(
+    created = ServiceMetrics(
         predictions=Counter(
             f"{PREFIX}_predictions", "Images classified, by predicted (top-1) class.", ["class_name"]
         ),
@@ -61,4 +65,18 @@ def metrics() -> ServiceMetrics:
             f"{PREFIX}_model_info", "The model being served (value 1): its tag, backbone, device and engine.",
             ["tag", "backbone", "device", "engine"], multiprocess_mode="livemax",
         ),
+        shed=Counter(
+            f"{PREFIX}_shed_requests", "Requests refused with 503 because the server was at capacity, by reason "
+            "(queue_full, queue_timeout, batching_budget).", ["reason"],
+        ),
+        admitted_images=Gauge(
+            f"{PREFIX}_admitted_images", "Images past the admission gate (decoding, batching or inference).",
+            multiprocess_mode="livesum",
+        ),
+        queued_requests=Gauge(
+            f"{PREFIX}_queued_requests", "Requests waiting for admission.", multiprocess_mode="livesum",
+        ),
     )
+    for reason in SHED_REASONS:  # a series from the start, so rates and alerts see 0 rather than nothing
+        created.shed.labels(reason)
+    return created

@@ -5,8 +5,8 @@ Two services in one server (``bentoml serve service.service:ImageClassifier``):
   thread, so a bad image gets its own 4xx before anything is batched;
 - ModelRunner, reached through ``bentoml.depends``: BentoML's adaptive batching across all
   clients, then one forward pass per batch. BentoML connects the two over a Unix socket in a
-  private temporary folder, so the runner (which takes numpy arrays, pickled) is not reachable
-  from the network.
+  private temporary folder, so the runner is not reachable from the network; what passes between
+  them is encoded by service/transport.py (arrays and bytes, never pickle).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import transport
 from service.auth import CHALLENGE, check_api_key
 from service.classify import Classifier
 from service.contract import ContractError
@@ -31,8 +32,9 @@ from service.engine import choose_engine, cpu_threads, int8_caveat, make_engine,
 from service.jpeg_batch import decode_batch, mark_failed
 from service.metrics import metrics
 from service.model_store import describe_model
-from service.schemas import BatchPredictResponse, Batching, ErrorResponse, Limits, ModelInfo, PredictResponse
+from service.schemas import Batching, BatchPredictResponse, ErrorResponse, Limits, ModelInfo, PredictResponse
 from service.settings import ServiceSettings, SettingsError
+from service.shutdown import Activity, on_sigterm
 from service.uploads import ApiError, many_images, single_image
 
 logger = logging.getLogger("service")
@@ -74,10 +76,12 @@ class ModelRunner:
         os.environ["CLASSIFIER_MODEL_TAG"] = model.tag
         if "BENTOML_NO_UDS" in os.environ:
             logger.warning("BENTOML_NO_UDS is set: the model runner listens on 127.0.0.1 TCP, where any local "
-                           "user can send it pickled arrays")
+                           "user can send it images to classify")
 
     def __init__(self) -> None:
         self.ready = False
+        logging.getLogger("service").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
+        transport.install()
         settings = ServiceSettings.from_env()
         model = describe_model(settings.model_tag)
         device = pick_device(settings.device)
@@ -91,6 +95,8 @@ class ModelRunner:
         if self.engine.name == "onnx-int8" and (caveat := int8_caveat(model)):
             logger.warning(caveat)
         self.engine.warm_up()
+        self.activity = Activity()
+        on_sigterm(settings.graceful_timeout_s, idle_for=self.activity.idle_for)  # serve the front until it is done
         metrics().model_info.labels(model.tag, model.contract.backbone, self.engine.device, self.engine.name).set(1)
         self.ready = True
         logger.info("model %s ready: %s engine on %s", model.tag, self.engine.name, device)
@@ -117,7 +123,8 @@ class ModelRunner:
 
     def _timed(self, run, images: int) -> np.ndarray:
         start = time.perf_counter()
-        probs = run()
+        with self.activity.busy():
+            probs = run()
         m = metrics()
         m.inference_seconds.observe(time.perf_counter() - start)
         m.batch_images.observe(images)
@@ -176,6 +183,8 @@ class ImageClassifier:
     runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
+        logging.getLogger("service").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
+        transport.install()  # before the first call to the runner
         self.settings = ServiceSettings.from_env()
         self.model = describe_model(self.settings.model_tag)
         device = pick_device(self.settings.device)
@@ -184,6 +193,7 @@ class ImageClassifier:
         choice = self.settings.jpeg_decode
         engine_decodes = choice == "engine" or (choice == "auto" and device.type == "cuda" and self.engine == "torch")
         torch.set_num_threads(1)  # decoding runs in threads here; leave the cores to the model runner
+        on_sigterm(self.settings.graceful_timeout_s)
         # The runner's client exists only once the server's event loop runs: look it up on each call.
         self.classifier = Classifier(self.model, self.settings, lambda batch: self.runner.to_async.infer(batch),
                                      lambda datas: self.runner.to_async.infer_jpeg(datas), engine_decodes=engine_decodes)

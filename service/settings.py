@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from service.contract import DEFAULT_MODEL_NAME
 from service.imaging import DEFAULT_MAX_PIXELS
@@ -42,6 +43,26 @@ class ServiceSettings(BaseModel):
     api_key: SecretStr | None = Field(None, min_length=16, description="when set, the /v1 endpoints require this key "
                                       "(Authorization: Bearer or X-API-Key); health and metrics stay open")
     decode_concurrency: int = Field(0, ge=0, description="images decoded at once per front worker; 0: CPU cores")
+    max_inflight_images: int = Field(0, ge=0, description="images in flight past the admission gate per front worker "
+                                     "(decoding, batching, inference); 0: 2 x max_batch_size x model_workers, at "
+                                     "least max_images")
+    max_queue: int = Field(64, ge=0, description="requests waiting for admission; more are shed at once with 503")
+    max_queue_wait_ms: int = Field(2_000, ge=1, le=600_000, description="longest wait for admission before a 503")
+    graceful_timeout_s: float = Field(60, gt=0, le=3600, description="on SIGTERM, the longest wait for in-flight "
+                                      "requests to finish before the workers exit")
+
+    @model_validator(mode="after")
+    def _a_full_request_fits(self) -> ServiceSettings:
+        if self.max_inflight_images and self.max_inflight_images < self.max_images:
+            raise ValueError(f"{ENV_PREFIX}MAX_INFLIGHT_IMAGES={self.max_inflight_images} must be at least "
+                             f"{ENV_PREFIX}MAX_IMAGES={self.max_images}, or a full request could never be admitted")
+        return self
+
+    @property
+    def inflight_capacity(self) -> int:
+        """Images admitted at once per front worker (see max_inflight_images)."""
+        auto = max(2 * self.max_batch_size * self.model_workers, self.max_images)
+        return self.max_inflight_images or auto
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -56,6 +77,8 @@ class ServiceSettings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             first = exc.errors()[0]
-            var = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX
+            if not first["loc"]:  # a check across variables: the message names them
+                raise SettingsError(first["msg"].removeprefix("Value error, ")) from None
+            var = ENV_PREFIX + str(first["loc"][0]).upper()
             shown = "(hidden)" if var == ENV_PREFIX + "API_KEY" else repr(values.get(str(first["loc"][0]), ""))
             raise SettingsError(f"{var}={shown}: {first['msg']}") from None

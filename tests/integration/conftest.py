@@ -15,6 +15,7 @@ SERVER_ENV = {
     "CLASSIFIER_MAX_BODY_BYTES": str(2 * 1024 * 1024),
     "CLASSIFIER_MAX_IMAGES": "12",
     "CLASSIFIER_MAX_PIXELS": "2000000",
+    "CLASSIFIER_MAX_QUEUE_WAIT_MS": "30000",  # tests of other things must never be shed on a slow machine
 }
 
 
@@ -32,3 +33,13 @@ def server(trained_model) -> str:
     """Base URL of `bentoml serve service.service:ImageClassifier` serving that model."""
     with serve({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV}) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory) -> str:
+    """Tag of a full-size model (ResNet50, 224 px, random init): slow enough on the CPU that a test can
+    offer it several times what it serves, and catch requests in flight."""
+    root = tmp_path_factory.mktemp("slow-model")
+    data = make_dataset(root / "data", per_class=12)
+    return saved_tag(train("--data", str(data), "--name", "slow-test", "--weights", "none", "--image-size", "224",
+                           "--epochs", "1", "--workers", "0", "--onnx-export", "none", "--output", str(root / "out")))

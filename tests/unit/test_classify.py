@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import httpx
 import numpy as np
 import pytest
@@ -79,7 +80,8 @@ def test_the_first_bad_image_in_order_is_reported(contract, files, odd_image):
 @pytest.mark.parametrize(
     "error, reason",
     [(BentoMLException("busy", error_code=503), "overloaded"), (BentoMLException("boom"), "model_unavailable"),
-     (httpx.ConnectError("refused"), "model_unavailable")],
+     (httpx.ConnectError("refused"), "model_unavailable"),
+     (aiohttp.ServerDisconnectedError(), "model_unavailable")],  # the runner killed mid-request
 )
 def test_model_service_failures_are_503(contract, files, error, reason):
     with pytest.raises(ApiError) as info:
@@ -94,3 +96,23 @@ def test_nan_from_the_model_is_a_bug_not_a_bad_image(contract, files):
 
     with pytest.raises(RuntimeError, match="NaN"):
         classify(contract, [files["hopper.png"]], NanModel())
+
+
+def test_requests_beyond_capacity_are_shed_with_503(contract, files):
+    class SlowModel(FakeModel):
+        async def infer(self, batch):
+            await asyncio.sleep(0.2)
+            return await super().infer(batch)
+
+    settings = ServiceSettings(max_images=1, max_inflight_images=1, max_queue=1, max_queue_wait_ms=5_000)
+    classifier = Classifier(ModelDescription("m:1", contract, {}, "w", {}), settings, SlowModel().infer,
+                            SlowModel().infer_jpeg, engine_decodes=False)
+
+    async def three_at_once():
+        return await asyncio.gather(*(classifier.classify([files["hopper.png"]], None, many=False) for _ in range(3)),
+                                    return_exceptions=True)
+
+    outcomes = asyncio.run(three_at_once())
+    shed = [o for o in outcomes if isinstance(o, ApiError)]
+    assert len(shed) == 1 and (shed[0].status, shed[0].reason) == (503, "overloaded")  # one running, one queued
+    assert classifier.admission.in_flight == 0

@@ -83,7 +83,8 @@ def test_probes_ports_and_graceful_shutdown(overlay):
     assert container["ports"] == [{"name": "http", "containerPort": 3000, "protocol": "TCP"}]  # the Dockerfile's port
     pod = resources["Deployment"]["spec"]["template"]["spec"]
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["terminationGracePeriodSeconds"] >= pre_stop + 120  # + the service's traffic timeout
+    graceful = ServiceSettings.from_env(resources["ConfigMap"]["data"]).graceful_timeout_s
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + graceful + 5  # + the runner's quiet second, exit
     assert resources["Deployment"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert pod["securityContext"]["runAsNonRoot"] is True
 

@@ -1,0 +1,191 @@
+"""Soak run: minutes of steady load at a share of capacity, watching the server's memory.
+
+    python -m loadtests.soak --minutes 10           # starts its own server on the newest model
+
+Offers open-loop Poisson load at --share of the measured capacity and samples the resident memory
+(RSS) of every server process (BentoML's manager, the front, the model runner) meanwhile. Passes when
+every request got a 200 and the server's total RSS, after --warmup-seconds, never rises more than
+--rss-bound-mib above its level at the end of the warm-up. Writes soak.json, soak.csv (RSS samples)
+and soak.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from loadtests.openloop import Phase, measure_capacity, offer, photo_bodies, summarize, timeline
+from loadtests.servers import REPO, serve_process
+
+logger = logging.getLogger("loadtests.soak")
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sample:
+    t_s: float
+    role: str  # manager, front, runner, or total
+    rss_mib: float
+
+
+def role_of(cmdline: Sequence[str]) -> str:
+    text = " ".join(cmdline)
+    if "--service-name model_runner" in text:
+        return "runner"
+    if "--service-name image_classifier" in text:
+        return "front"
+    return "manager"
+
+
+def sample_tree(pid: int, t_s: float) -> list[Sample]:
+    """RSS of the process ``pid`` and all its descendants, per role and in total."""
+    by_role: dict[str, float] = {}
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            role, rss = role_of(proc.cmdline()), proc.memory_info().rss / MIB
+        except psutil.Error:  # exited between listing and reading
+            continue
+        by_role[role] = by_role.get(role, 0.0) + rss
+    return [Sample(t_s, role, rss) for role, rss in sorted(by_role.items())] + [Sample(t_s, "total", sum(by_role.values()))]
+
+
+class Sampler(threading.Thread):
+    """Samples the tree every ``every_s`` seconds until stopped."""
+
+    def __init__(self, pid: int, every_s: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every_s, self.samples = pid, every_s, []
+        self._stop_event, self._start = threading.Event(), time.monotonic()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.samples.extend(sample_tree(self.pid, time.monotonic() - self._start))
+            self._stop_event.wait(self.every_s)
+
+    def stop(self) -> list[Sample]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
+
+
+def rss_verdict(samples: Sequence[Sample], warmup_s: float, bound_mib: float) -> dict:
+    """Per role: RSS at the end of the warm-up, the largest rise above it afterwards, and the trend
+    (least-squares MiB per minute) after warm-up; ``flat`` when the total rose at most ``bound_mib``."""
+    verdict: dict = {"warmup_s": warmup_s, "bound_mib": bound_mib, "roles": {}}
+    for role in sorted({s.role for s in samples}):
+        after = [(s.t_s, s.rss_mib) for s in samples if s.role == role and s.t_s >= warmup_s]
+        if len(after) < 2:
+            continue
+        t, rss = np.array(after).T
+        verdict["roles"][role] = {
+            "after_warmup_mib": round(float(rss[0]), 1), "end_mib": round(float(rss[-1]), 1),
+            "max_rise_mib": round(float(rss.max() - rss[0]), 1),
+            "trend_mib_per_min": round(float(np.polyfit(t / 60, rss, 1)[0]), 2),
+        }
+    total = verdict["roles"].get("total")
+    verdict["flat"] = bool(total and total["max_rise_mib"] <= bound_mib)
+    return verdict
+
+
+def plot(samples: Sequence[Sample], latency_rows: list[dict], warmup_s: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for role in sorted({s.role for s in samples}):
+        mine = [s for s in samples if s.role == role]
+        top.plot([s.t_s / 60 for s in mine], [s.rss_mib for s in mine], label=role)
+    top.axvline(warmup_s / 60, color="0.5", linestyle="--", label="end of warm-up")
+    top.set_ylabel("RSS (MiB)")
+    top.legend(fontsize=8)
+    bottom.plot([r["t_s"] / 60 for r in latency_rows], [r["p50_ms"] for r in latency_rows], label="p50")
+    bottom.plot([r["t_s"] / 60 for r in latency_rows], [r["p99_ms"] for r in latency_rows], label="p99")
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_xlabel("minutes")
+    bottom.legend(fontsize=8)
+    fig.suptitle("Soak: steady open-loop load, server memory and latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(url: str, pid: int, args: argparse.Namespace) -> dict:
+    bodies = photo_bodies(args.photos)
+    capacity = args.capacity or measure_capacity(url, bodies, seconds=args.capacity_seconds)
+    phase = Phase("steady", args.minutes * 60, capacity * args.share)
+    logger.info("capacity %.1f req/s; soaking at %.1f req/s for %g min", capacity, phase.rate, args.minutes)
+    sampler = Sampler(pid, args.sample_seconds)
+    sampler.start()
+    outcomes = offer(url, [phase], bodies, timeout=args.client_timeout, seed=args.seed)
+    samples = sampler.stop()
+    (summary,) = summarize(outcomes, [phase])
+    verdict = rss_verdict(samples, args.warmup_seconds, args.rss_bound_mib)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "soak.csv").open("w") as f:
+        f.write("t_s,role,rss_mib\n")
+        f.writelines(f"{s.t_s:.1f},{s.role},{s.rss_mib:.1f}\n" for s in samples)
+    plot(samples, timeline(outcomes, window_s=10), args.warmup_seconds, args.out / "soak.png")
+    failures = summary.sent - summary.ok
+    result = {"capacity_req_per_s": round(capacity, 2), "load": asdict(summary), "failures": failures,
+              "failure_examples": sorted({f"{o.status} {o.error or o.reason}" for o in outcomes if o.status != 200})[:5],
+              "rss": verdict, "passed": failures == 0 and verdict["flat"]}
+    (args.out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def report(result: dict) -> str:
+    load, rss = result["load"], result["rss"]
+    lines = [f"{load['sent']} requests at {load['offered_per_s']:.1f}/s ({result['capacity_req_per_s']} capacity): "
+             f"{load['ok']} ok, {result['failures']} failed {result['failure_examples']}; "
+             f"p50 {load['p50_ms']:.0f} ms, p99 {load['p99_ms']:.0f} ms, max {load['max_ms']:.0f} ms",
+             f"RSS after {rss['warmup_s']:g} s warm-up (bound: total rises <= {rss['bound_mib']:g} MiB):"]
+    for role, r in rss["roles"].items():
+        lines.append(f"  {role:<8} {r['after_warmup_mib']:>8.1f} -> {r['end_mib']:>8.1f} MiB, largest rise "
+                     f"{r['max_rise_mib']:>6.1f} MiB, trend {r['trend_mib_per_min']:+.2f} MiB/min")
+    lines.append("passed" if result["passed"] else "FAILED")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m loadtests.soak", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model-tag", default="transfer-classifier:latest", help="model of the server started")
+    p.add_argument("--minutes", type=float, default=10.0, help="length of the steady load")
+    p.add_argument("--share", type=float, default=0.5, help="load as a share of the measured capacity")
+    p.add_argument("--capacity", type=float, default=0.0, help="requests/s the server sustains; 0: measure it")
+    p.add_argument("--capacity-seconds", type=float, default=20.0, help="length of the capacity measurement")
+    p.add_argument("--warmup-seconds", type=float, default=60.0, help="RSS before this is not held to the bound")
+    p.add_argument("--rss-bound-mib", type=float, default=32.0, help="largest allowed rise of the total RSS")
+    p.add_argument("--sample-seconds", type=float, default=5.0, help="RSS sampling interval")
+    p.add_argument("--client-timeout", type=float, default=150.0, help="seconds without an answer that count as hung")
+    p.add_argument("--photos", type=Path, default=REPO / "loadtests" / "photos", help="JPEGs to send")
+    p.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
+    p.add_argument("--out", type=Path, default=REPO / "loadtests" / "results", help="folder for the results")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    with serve_process({"CLASSIFIER_MODEL_TAG": args.model_tag}) as server:
+        result = run(server.url, server.process.pid, args)
+    print(report(result))
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Admission control: bound the work inside the server, and shed the rest at once with 503.
+
+A request needs one slot per image. At most ``capacity`` images are in flight past the gate
+(being decoded, waiting in the batcher or in the model); requests beyond that wait in a FIFO queue
+of at most ``max_queue`` requests, each for at most ``max_wait_s``. A request that finds the queue
+full, or waits too long, is refused with :class:`Overloaded`, so under any load a request's time in
+the server is bounded by ``max_wait_s`` plus the time to drain ``capacity`` images, instead of
+growing until clients time out. FIFO (a large request at the head blocks smaller ones behind it)
+so that multi-image requests are not starved.
+
+One instance per front worker, used from one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+
+class Overloaded(Exception):
+    """The server sheds this request; ``reason`` is ``queue_full`` or ``queue_timeout``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+@dataclass(eq=False)
+class _Waiter:
+    images: int
+    future: asyncio.Future[None] = field(repr=False)
+
+
+class Admission:
+    """Weighted FIFO gate: ``async with admission.admit(images): ...``."""
+
+    def __init__(self, capacity: int, max_queue: int, max_wait_s: float,
+                 observe: Callable[[int, int], None] = lambda in_flight, queued: None) -> None:
+        """``observe(in_flight, queued)`` is called after every change (for metrics)."""
+        if capacity < 1 or max_queue < 0 or max_wait_s <= 0:
+            raise ValueError("capacity must be >= 1, max_queue >= 0 and max_wait_s > 0")
+        self.capacity, self.max_queue, self.max_wait_s = capacity, max_queue, max_wait_s
+        self.in_flight = 0
+        self._queue: collections.deque[_Waiter] = collections.deque()
+        self._observe = observe
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @contextlib.asynccontextmanager
+    async def admit(self, images: int) -> AsyncIterator[None]:
+        """Hold ``images`` slots for the body of the ``with``; raises Overloaded instead of waiting too long."""
+        if not 1 <= images <= self.capacity:
+            raise ValueError(f"a request needs 1 to {self.capacity} slots, not {images}")
+        await self._acquire(images)
+        try:
+            yield
+        finally:
+            self._release(images)
+
+    async def _acquire(self, images: int) -> None:
+        if not self._queue and self.in_flight + images <= self.capacity:
+            self.in_flight += images
+            self._observe(self.in_flight, self.queued)
+            return
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded("queue_full", f"the server is at capacity ({self.max_queue} requests already waiting); "
+                                           "retry shortly")
+        waiter = _Waiter(images, asyncio.get_running_loop().create_future())
+        self._queue.append(waiter)
+        self._observe(self.in_flight, self.queued)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.future), self.max_wait_s)
+        except TimeoutError:
+            self._abandon(waiter)
+            raise Overloaded("queue_timeout", f"the server could not start this request within "
+                                              f"{self.max_wait_s:g} s; retry shortly") from None
+        except asyncio.CancelledError:  # the client went away while waiting
+            self._abandon(waiter)
+            raise
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        if waiter.future.done():  # admitted just as the wait ended: give the slots back
+            self._release(waiter.images)
+        else:
+            waiter.future.cancel()
+            self._queue.remove(waiter)
+            self._wake()  # a large request leaving the head may unblock smaller ones behind it
+
+    def _release(self, images: int) -> None:
+        self.in_flight -= images
+        self._wake()
+
+    def _wake(self) -> None:
+        """Admit waiters from the head of the queue while they fit."""
+        while self._queue and self.in_flight + self._queue[0].images <= self.capacity:
+            waiter = self._queue.popleft()
+            self.in_flight += waiter.images
+            waiter.future.set_result(None)
+        self._observe(self.in_flight, self.queued)

@@ -1,0 +1,127 @@
+"""The hop between the front and the model runner, without pickle.
+
+BentoML sends arguments and results between its services with pickle (media type
+``application/vnd.bentoml+pickle``), and unpickling runs code chosen by whoever wrote the bytes.
+Our two services only exchange numpy arrays of numbers, bytes (JPEGs), and plain JSON values, so
+``install()`` puts a serde in pickle's place, in this server's processes, that can carry exactly
+those: a JSON header describing the structure, then the raw buffers. Anything else is refused when
+sent or received; nothing received is ever executed. BentoML 1.4.30 is pinned (see the README);
+tests/unit/test_transport.py checks the hook still exists.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from _bentoml_impl import serde as bentoml_serde
+
+MEDIA_TYPE = "application/vnd.bentoml+pickle"  # the type BentoML's service-to-service client sends
+LENGTHS_HEADER = "buffer-lengths"
+_NUMERIC_KINDS = "biuf"  # bool, int, uint, float: never object arrays
+
+
+class TransportError(ValueError):
+    """A value this transport will not carry, or a payload it will not read."""
+
+
+def _pack(obj: Any, buffers: list[memoryview]) -> Any:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in _NUMERIC_KINDS:
+            raise TransportError(f"cannot send an array of dtype {obj.dtype}")
+        buffers.append(memoryview(np.ascontiguousarray(obj)).cast("B"))
+        return {"$array": len(buffers), "dtype": obj.dtype.str, "shape": list(obj.shape)}
+    if isinstance(obj, bytes | bytearray | memoryview):
+        buffers.append(memoryview(obj).cast("B"))
+        return {"$bytes": len(buffers)}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) for k in obj):
+            raise TransportError("only str keys can be sent")
+        return {"$dict": {k: _pack(v, buffers) for k, v in obj.items()}}
+    if isinstance(obj, list | tuple):
+        return [_pack(v, buffers) for v in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TransportError(f"cannot send a {type(obj).__name__} between the services")
+
+
+def _unpack(obj: Any, buffers: list[memoryview]) -> Any:
+    if isinstance(obj, list):
+        return [_unpack(v, buffers) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if set(obj) == {"$dict"} and isinstance(obj["$dict"], dict):
+        return {k: _unpack(v, buffers) for k, v in obj["$dict"].items()}
+    if set(obj) == {"$bytes"}:
+        return bytes(_buffer(buffers, obj["$bytes"]))
+    if set(obj) == {"$array", "dtype", "shape"}:
+        dtype = np.dtype(str(obj["dtype"]))
+        if dtype.kind not in _NUMERIC_KINDS:
+            raise TransportError(f"refusing an array of dtype {dtype}")
+        try:  # a copy: writable, and independent of the request's buffer
+            return np.frombuffer(_buffer(buffers, obj["$array"]), dtype=dtype).reshape(obj["shape"]).copy()
+        except (ValueError, TypeError) as exc:
+            raise TransportError(f"malformed array: {exc}") from None
+    raise TransportError("malformed payload")
+
+
+def _buffer(buffers: list[memoryview], index: Any) -> memoryview:
+    if not isinstance(index, int) or not 1 <= index <= len(buffers):
+        raise TransportError("malformed payload: bad buffer index")
+    return buffers[index - 1]
+
+
+def encode(obj: Any) -> tuple[list[memoryview | bytes], str]:
+    """``obj`` -> (chunks to send, value of the buffer-lengths header)."""
+    buffers: list[memoryview] = []
+    header = json.dumps(_pack(obj, buffers)).encode()
+    chunks = [header, *buffers]
+    return chunks, ",".join(str(len(c)) for c in chunks)
+
+
+def decode(data: bytes, lengths: str) -> Any:
+    """Inverse of encode; TransportError for anything it did not produce."""
+    try:
+        sizes = [int(n) for n in lengths.split(",")]
+    except ValueError:
+        raise TransportError("malformed buffer-lengths header") from None
+    if any(n < 0 for n in sizes) or sum(sizes) != len(data):
+        raise TransportError("buffer lengths do not match the body")
+    view, parts, start = memoryview(data), [], 0
+    for n in sizes:
+        parts.append(view[start:start + n])
+        start += n
+    try:
+        header = json.loads(bytes(parts[0]))
+    except (ValueError, UnicodeDecodeError):
+        raise TransportError("malformed payload header") from None
+    return _unpack(header, parts[1:])
+
+
+class ArraySerde(bentoml_serde.GenericSerde, bentoml_serde.Serde):
+    """BentoML serde for the service-to-service hop: numbers, bytes and JSON values only."""
+
+    media_type = MEDIA_TYPE
+
+    def serialize_model(self, model: Any) -> bentoml_serde.Payload:
+        return self.serialize_value(model.model_dump())
+
+    def deserialize_model(self, payload: bentoml_serde.Payload, cls: type) -> Any:
+        obj = self.deserialize_value(payload)
+        return obj if isinstance(obj, cls) else cls.model_validate(obj)
+
+    def serialize_value(self, obj: Any) -> bentoml_serde.Payload:
+        chunks, lengths = encode(obj)
+        return bentoml_serde.Payload(chunks, {LENGTHS_HEADER: lengths})
+
+    def deserialize_value(self, payload: bentoml_serde.Payload) -> Any:
+        lengths = payload.metadata.get(LENGTHS_HEADER)
+        if lengths is None:
+            raise TransportError("missing buffer-lengths header")
+        return decode(b"".join(payload.data), lengths)
+
+
+def install() -> None:
+    """Use ArraySerde for BentoML's service-to-service media type in this process (idempotent)."""
+    bentoml_serde.ALL_SERDE[MEDIA_TYPE] = ArraySerde  # type: ignore[index]

@@ -1,0 +1,169 @@
+"""Overload, killed workers and SIGTERM, on the real server (`bentoml serve`) under load.
+
+Each test starts its own server on a full-size model with small limits, so that a 2-core machine
+can offer it several times what it serves. Bounds are generous: these prove behaviour, not speed.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import psutil
+import pytest
+
+from loadtests.openloop import Phase, measure_capacity, offer, photo_bodies, summarize
+from loadtests.servers import REPO, RunningServer, serve_process
+from loadtests.soak import role_of
+
+pytestmark = pytest.mark.slow
+PHOTOS = photo_bodies(REPO / "loadtests" / "photos")
+LIMITS = {
+    "CLASSIFIER_DEVICE": "cpu",
+    "CLASSIFIER_ENGINE": "torch",
+    "CLASSIFIER_INFERENCE_THREADS": "1",
+    "CLASSIFIER_MAX_BATCH_SIZE": "4",
+    "CLASSIFIER_MAX_IMAGES": "4",
+    "CLASSIFIER_MAX_INFLIGHT_IMAGES": "4",
+    "CLASSIFIER_MAX_QUEUE": "8",
+    "CLASSIFIER_MAX_QUEUE_WAIT_MS": "1000",
+    "CLASSIFIER_GRACEFUL_TIMEOUT_S": "60",
+}
+
+
+def start(slow_model: str, **env: str):
+    return serve_process({"CLASSIFIER_MODEL_TAG": slow_model, **LIMITS, **env})
+
+
+def post(http: httpx.Client, url: str, body: bytes) -> tuple[int, str]:
+    """(status, reason) or (0, transport error name)."""
+    try:
+        response = http.post(f"{url}/v1/predict", content=body, headers={"content-type": "image/jpeg"})
+    except httpx.HTTPError as exc:
+        return 0, type(exc).__name__
+    return response.status_code, "" if response.status_code == 200 else response.json()["error"]["reason"]
+
+
+class Load:
+    """Closed-loop clients in threads, recording (sent, answered, status, reason) until stopped."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        self.url, self.events, self._stop = url, [], threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def _client(self, i: int) -> None:
+        with httpx.Client(timeout=120) as http:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                status, reason = post(http, self.url, PHOTOS[i % len(PHOTOS)])
+                self.events.append((sent, time.monotonic(), status, reason))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=150)
+
+    def wait_for(self, condition: Callable[[list], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition(list(self.events)):
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def worker(server: RunningServer, role: str) -> psutil.Process:
+    (proc,) = [p for p in psutil.Process(server.process.pid).children(recursive=True) if role_of(p.cmdline()) == role]
+    return proc
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+
+
+def test_three_times_capacity_is_shed_with_503_and_latency_recovers(slow_model):
+    with start(slow_model) as server:
+        capacity = measure_capacity(server.url, PHOTOS, clients=6, seconds=8)
+        phases = [Phase("normal", 10, capacity / 2), Phase("overload", 15, capacity * 3), Phase("recovery", 15, capacity / 2)]
+        outcomes = offer(server.url, phases, PHOTOS, timeout=120)
+        shed_metric = metric(server.url, "image_classifier_shed_requests_total")
+    normal, overload, recovery = summarize(outcomes, phases)
+    assert {(o.status, o.reason) for o in outcomes} <= {(200, ""), (503, "overloaded")}  # none lost, hung or 5xx
+    assert all(o.retry_after for o in outcomes if o.status == 503)
+    assert overload.shed > 0 and overload.ok > 0 and shed_metric == sum(o.status == 503 for o in outcomes)
+    assert max(o.latency_s for o in outcomes) < 30  # bounded by the queue wait and 4 images in flight, not growing
+    tail = [o for o in outcomes if o.phase == "recovery" and o.sent_s >= 32.5]  # the last half of the recovery
+    tail_ok = sorted(o.latency_s for o in tail)
+    assert all(o.status == 200 for o in tail), [o for o in tail if o.status != 200][:3]
+    assert tail_ok[len(tail_ok) // 2] <= 3 * normal.p50_ms / 1000, (normal, recovery)
+
+
+def _answers(events, after: float | None = None) -> set[tuple[int, str]]:
+    return {(status, reason) for sent, _, status, reason in events if after is None or sent > after}
+
+
+def test_a_killed_model_worker_is_replaced_and_clients_get_503_meanwhile(slow_model):
+    with start(slow_model) as server, Load(server.url, clients=3) as load:
+        assert load.wait_for(lambda ev: sum(e[2] == 200 for e in ev) >= 3, timeout=60)
+        victim = worker(server, "runner")
+        victim.kill()
+        killed = time.monotonic()
+        assert load.wait_for(lambda ev: any(e[0] > killed and e[2] == 200 for e in ev), timeout=90), \
+            _answers(load.events, killed)
+        back = min(e[1] for e in load.events if e[0] > killed and e[2] == 200) - killed
+        replacement = worker(server, "runner")
+    assert replacement.pid != victim.pid
+    assert _answers(load.events) <= {(200, ""), (503, "model_unavailable"), (503, "overloaded")}  # never a 500
+    assert back < 60, back  # about 10 s here: the new worker loads the model and warms up
+
+
+def test_a_killed_front_worker_is_replaced_and_new_connections_wait_for_it(slow_model):
+    with start(slow_model) as server, Load(server.url, clients=3) as load:
+        assert load.wait_for(lambda ev: sum(e[2] == 200 for e in ev) >= 3, timeout=60)
+        victim = worker(server, "front")
+        victim.kill()
+        killed = time.monotonic()
+        assert load.wait_for(lambda ev: sum(e[0] > killed and e[2] == 200 for e in ev) >= 3, timeout=90)
+        replacement = worker(server, "front")
+    assert replacement.pid != victim.pid
+    in_flight = [e for e in load.events if e[0] < killed < e[1]]
+    assert {status for _, _, status, _ in in_flight} <= {0, 200}  # requests on the dead worker lose their connection
+    assert _answers(load.events, after=killed + 0.5) <= {(200, ""), (503, "overloaded")}  # the socket stays open
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(slow_model):
+    with start(slow_model, CLASSIFIER_MAX_QUEUE_WAIT_MS="30000") as server:
+        answers: list[tuple[float, int, str]] = []
+        first = threading.Event()
+
+        def one(body: bytes) -> None:
+            with httpx.Client(timeout=120) as http:
+                status, reason = post(http, server.url, body)
+            answers.append((time.monotonic(), status, reason))
+            first.set()
+
+        clients = [threading.Thread(target=one, args=(PHOTOS[i % len(PHOTOS)],)) for i in range(12)]
+        for t in clients:  # 4 images admitted, 8 requests queued
+            t.start()
+        assert first.wait(timeout=60)
+        server.process.send_signal(signal.SIGTERM)  # the other 11 are still in the server
+        terminated = time.monotonic()
+        for t in clients:
+            t.join(timeout=120)
+        server.process.wait(timeout=60)
+        log = server.log.read_text()
+    assert [(status, reason) for _, status, reason in answers] == [(200, "")] * 12, answers
+    assert sum(when > terminated for when, _, _ in answers) >= 4  # really in flight at SIGTERM (and not only one batch)
+    assert "SIGTERM: finishing in-flight requests" in log
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/livez")

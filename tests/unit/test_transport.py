@@ -1,0 +1,74 @@
+"""The front-to-runner transport: numbers, bytes and JSON values round-trip; pickle is never read."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from _bentoml_impl import serde as bentoml_serde
+
+from service.transport import MEDIA_TYPE, ArraySerde, TransportError, decode, encode, install
+
+
+def roundtrip(obj):
+    chunks, lengths = encode(obj)
+    return decode(b"".join(bytes(c) for c in chunks), lengths)
+
+
+def test_what_the_services_exchange_round_trips():
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    probs = np.random.default_rng(1).random((3, 2), dtype=np.float32)
+    out = roundtrip({"images": images, "jpegs": [b"\xff\xd8a", b""], "probs": probs, "n": 3, "x": None})
+    assert out["images"].dtype == np.uint8 and np.array_equal(out["images"], images)
+    assert out["probs"].dtype == np.float32 and np.array_equal(out["probs"], probs)
+    assert out["jpegs"] == [b"\xff\xd8a", b""] and out["n"] == 3 and out["x"] is None
+    assert out["images"].flags.writeable  # the engine may work in place
+
+
+def test_non_contiguous_arrays_are_sent_as_their_values():
+    a = np.arange(24, dtype=np.int64).reshape(4, 6)[:, ::2]
+    assert np.array_equal(roundtrip(a), a)
+
+
+@pytest.mark.parametrize("value", [np.array([object()]), {1: "int key"}, object(), {"s": {1, 2}}])
+def test_anything_else_is_refused_when_sent(value):
+    with pytest.raises(TransportError):
+        encode(value)
+
+
+class Exploit:
+    def __reduce__(self):  # unpickling this would run code
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_a_pickle_is_refused_and_never_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = pickle.dumps(Exploit())
+    payload = bentoml_serde.Payload((data,), {"buffer-lengths": str(len(data))})
+    with pytest.raises(TransportError):
+        ArraySerde().deserialize_value(payload)
+    with pytest.raises(TransportError):  # BentoML's own pickle framing, without our header
+        ArraySerde().deserialize_value(bentoml_serde.Payload((data,), {}))
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "body, lengths",
+    [(b'{"$array": 1, "dtype": "|O", "shape": [1]}' + b"\0" * 8, "42,8"),  # object dtype
+     (b'{"$array": 1, "dtype": "<f4", "shape": [9]}' + b"\0" * 8, "43,8"),  # shape larger than the buffer
+     (b'{"$bytes": 2}', "13"),  # buffer that does not exist
+     (b'{"$eval": 1}', "12"),  # unknown marker
+     (b"not json", "8"), (b"{}", "1,1"), (b"{}", "x")],
+)
+def test_malformed_payloads_are_refused(body, lengths):
+    with pytest.raises(TransportError):
+        decode(body, lengths)
+
+
+def test_install_replaces_bentoml_pickle_serde():
+    install()
+    assert bentoml_serde.ALL_SERDE[MEDIA_TYPE] is ArraySerde  # the hook BentoML 1.4.30 looks up per request
+    payload = ArraySerde().serialize_value({"images": np.zeros((1, 3), np.uint8)})
+    assert ArraySerde().deserialize_value(bentoml_serde.Payload([bytes(c) for c in payload.data], payload.metadata))[
+        "images"].shape == (1, 3)
