@@ -51,6 +51,11 @@ class Admission:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def full(self) -> bool:
+        """A new request would be shed at once: check before reading a large body."""
+        return len(self._queue) >= self.max_queue and self.in_flight > 0
+
     @contextlib.asynccontextmanager
     async def admit(self, images: int) -> AsyncIterator[None]:
         """Hold ``images`` slots for the body of the ``with``; raises Overloaded instead of waiting too long."""
@@ -67,21 +72,21 @@ class Admission:
             self.in_flight += images
             self._observe(self.in_flight, self.queued)
             return
-        if len(self._queue) >= self.max_queue:
+        if self.full:
             raise Overloaded("queue_full", f"the server is at capacity ({self.max_queue} requests already waiting); "
                                            "retry shortly")
         waiter = _Waiter(images, asyncio.get_running_loop().create_future())
         self._queue.append(waiter)
         self._observe(self.in_flight, self.queued)
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), self.max_wait_s)
-        except TimeoutError:
-            self._abandon(waiter)
-            raise Overloaded("queue_timeout", f"the server could not start this request within "
-                                              f"{self.max_wait_s:g} s; retry shortly") from None
+        try:  # asyncio.wait, unlike wait_for, neither cancels the future nor loses our own cancellation
+            done, _ = await asyncio.wait({waiter.future}, timeout=self.max_wait_s)
         except asyncio.CancelledError:  # the client went away while waiting
             self._abandon(waiter)
             raise
+        if not done:
+            self._abandon(waiter)
+            raise Overloaded("queue_timeout", f"the server could not start this request within "
+                                              f"{self.max_wait_s:g} s; retry shortly")
 
     def _abandon(self, waiter: _Waiter) -> None:
         if waiter.future.done():  # admitted just as the wait ended: give the slots back

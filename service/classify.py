@@ -55,14 +55,18 @@ class Classifier:
                                    observe=lambda admitted, queued: (m.admitted_images.set(admitted),
                                                                      m.queued_requests.set(queued)))
 
+    def refuse_if_full(self) -> None:
+        """503 at once, before the request's body is read, when the admission queue is already full."""
+        if self.admission.full:
+            raise _shed(Overloaded("queue_full", "the server is at capacity; retry shortly"))
+
     async def classify(self, uploads: list[Upload], top_k: int | None, *, many: bool) -> list[Prediction]:
         """Predictions in the order sent; ApiError 400 for the first bad image, 503 when over capacity."""
         try:
             async with self.admission.admit(len(uploads)):
                 return await self._classify(uploads, top_k, many)
         except Overloaded as exc:
-            metrics().shed.labels(exc.reason).inc()
-            raise ApiError(503, "overloaded", exc.message) from None
+            raise _shed(exc) from None
 
     async def _classify(self, uploads: list[Upload], top_k: int | None, many: bool) -> list[Prediction]:
         contract = self.model.contract
@@ -71,8 +75,8 @@ class Classifier:
         there = [i for i, u in enumerate(uploads)
                  if self.engine_decodes and batch_decodable(u.data, self.settings.max_pixels)]
         here = sorted(set(range(len(uploads))) - set(there))
-        await asyncio.gather(self._decode_here(uploads, here, probs, errors, many),
-                             self._decode_there(uploads, there, probs))
+        await _all_or_none(self._decode_here(uploads, here, probs, errors, many),
+                           self._decode_there(uploads, there, probs))
         retry = [i for i in there if np.isnan(probs[i]).any()]
         if retry:  # decode them here after all: Pillow either manages or names the problem
             await self._decode_here(uploads, retry, probs, errors, many)
@@ -93,8 +97,8 @@ class Classifier:
         """Decode ``indices`` in this process, then one model call for them, unless an image is bad."""
         if not indices:
             return
-        prepared = await asyncio.gather(*(self._prepare(uploads[i], i if many else None) for i in indices),
-                                        return_exceptions=True)
+        prepared = await _all_or_none(*(self._prepare(uploads[i], i if many else None) for i in indices),
+                                      return_exceptions=True)
         for i, outcome in zip(indices, prepared):
             if isinstance(outcome, ApiError):
                 errors[i] = outcome
@@ -141,3 +145,21 @@ class Classifier:
         except (aiohttp.ClientError, httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
             logger.warning("model runner unreachable: %s", exc)
             raise ApiError(503, "model_unavailable", "the model service is not reachable; retry shortly") from exc
+
+
+def _shed(exc: Overloaded) -> ApiError:
+    metrics().shed.labels(exc.reason).inc()
+    return ApiError(503, "overloaded", exc.message)
+
+
+async def _all_or_none(*coros: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
+    """asyncio.gather, but if one fails (or this task is cancelled) the others are cancelled and awaited
+    before the error propagates, so no decode or model call outlives the admission slots it was given."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks, return_exceptions=return_exceptions)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

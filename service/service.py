@@ -34,10 +34,11 @@ from service.metrics import metrics
 from service.model_store import describe_model
 from service.schemas import Batching, BatchPredictResponse, ErrorResponse, Limits, ModelInfo, PredictResponse
 from service.settings import ServiceSettings, SettingsError
-from service.shutdown import Activity, on_sigterm
+from service.shutdown import on_sigterm, service_workers_alive
 from service.uploads import ApiError, many_images, single_image
 
 logger = logging.getLogger("service")
+FRONT = "image_classifier"  # the public service's name
 
 
 def _settings_or_exit() -> ServiceSettings:
@@ -95,8 +96,8 @@ class ModelRunner:
         if self.engine.name == "onnx-int8" and (caveat := int8_caveat(model)):
             logger.warning(caveat)
         self.engine.warm_up()
-        self.activity = Activity()
-        on_sigterm(settings.graceful_timeout_s, idle_for=self.activity.idle_for)  # serve the front until it is done
+        # On SIGTERM keep serving while a front worker lives: its queued requests still need the model.
+        on_sigterm(settings.graceful_timeout_s, wait_while=service_workers_alive(FRONT))
         metrics().model_info.labels(model.tag, model.contract.backbone, self.engine.device, self.engine.name).set(1)
         self.ready = True
         logger.info("model %s ready: %s engine on %s", model.tag, self.engine.name, device)
@@ -123,8 +124,7 @@ class ModelRunner:
 
     def _timed(self, run, images: int) -> np.ndarray:
         start = time.perf_counter()
-        with self.activity.busy():
-            probs = run()
+        probs = run()
         m = metrics()
         m.inference_seconds.observe(time.perf_counter() - start)
         m.batch_images.observe(images)
@@ -175,7 +175,7 @@ async def _invalid_parameter(request: Request, exc: RequestValidationError) -> J
     return await _api_error(request, ApiError(400, "bad_parameter", f"{where}: {first.get('msg')}"))
 
 
-@bentoml.service(name="image_classifier", workers=1, traffic={"timeout": 120})
+@bentoml.service(name=FRONT, workers=1, traffic={"timeout": 120})
 @bentoml.asgi_app(api, path="/v1")
 class ImageClassifier:
     """Public endpoints under /v1; BentoML adds /livez, /readyz, /metrics and /docs."""
@@ -203,6 +203,7 @@ class ImageClassifier:
     async def predict(self, request: Request, top_k: int | None = Query(None, ge=1)) -> PredictResponse:
         """Classify one image: a multipart file in field `image`, or the raw body with an image/* type."""
         check_api_key(self.settings.api_key, request.headers)
+        self.classifier.refuse_if_full()  # before reading what may be megabytes
         upload = await single_image(request, max_bytes=self.settings.max_body_bytes)
         (result,) = await self.classifier.classify([upload], top_k, many=False)
         return PredictResponse(model=self.model.tag, **result.model_dump())
@@ -211,6 +212,7 @@ class ImageClassifier:
     async def predict_batch(self, request: Request, top_k: int | None = Query(None, ge=1)) -> BatchPredictResponse:
         """Classify several images (multipart files in field `images`); results in the order sent."""
         check_api_key(self.settings.api_key, request.headers)
+        self.classifier.refuse_if_full()
         uploads = await many_images(request, max_bytes=self.settings.max_body_bytes, max_images=self.settings.max_images)
         return BatchPredictResponse(model=self.model.tag, results=await self.classifier.classify(uploads, top_k, many=True))
 

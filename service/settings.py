@@ -47,15 +47,20 @@ class ServiceSettings(BaseModel):
                                      "(decoding, batching, inference); 0: 2 x max_batch_size x model_workers, at "
                                      "least max_images")
     max_queue: int = Field(64, ge=0, description="requests waiting for admission; more are shed at once with 503")
-    max_queue_wait_ms: int = Field(2_000, ge=1, le=600_000, description="longest wait for admission before a 503")
+    max_queue_wait_ms: int = Field(2_000, ge=1, le=60_000, description="longest wait for admission before a 503 "
+                                   "(at most 60 s: requests time out after 120 s)")
     graceful_timeout_s: float = Field(60, gt=0, le=3600, description="on SIGTERM, the longest wait for in-flight "
                                       "requests to finish before the workers exit")
 
     @model_validator(mode="after")
-    def _a_full_request_fits(self) -> ServiceSettings:
+    def _limits_fit_together(self) -> ServiceSettings:
         if self.max_inflight_images and self.max_inflight_images < self.max_images:
             raise ValueError(f"{ENV_PREFIX}MAX_INFLIGHT_IMAGES={self.max_inflight_images} must be at least "
                              f"{ENV_PREFIX}MAX_IMAGES={self.max_images}, or a full request could never be admitted")
+        if self.graceful_timeout_s * 1000 <= self.max_queue_wait_ms:
+            raise ValueError(f"{ENV_PREFIX}GRACEFUL_TIMEOUT_S={self.graceful_timeout_s:g} must be longer than "
+                             f"{ENV_PREFIX}MAX_QUEUE_WAIT_MS={self.max_queue_wait_ms}, or requests queued at SIGTERM "
+                             "would be cut off")
         return self
 
     @property

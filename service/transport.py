@@ -20,6 +20,7 @@ from _bentoml_impl import serde as bentoml_serde
 MEDIA_TYPE = "application/vnd.bentoml+pickle"  # the type BentoML's service-to-service client sends
 LENGTHS_HEADER = "buffer-lengths"
 _NUMERIC_KINDS = "biuf"  # bool, int, uint, float: never object arrays
+_MAX_DEPTH = 16  # what the services send is 3 deep
 
 
 class TransportError(ValueError):
@@ -30,7 +31,7 @@ def _pack(obj: Any, buffers: list[memoryview]) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in _NUMERIC_KINDS:
             raise TransportError(f"cannot send an array of dtype {obj.dtype}")
-        buffers.append(memoryview(np.ascontiguousarray(obj)).cast("B"))
+        buffers.append(memoryview(np.ascontiguousarray(obj).reshape(-1).view(np.uint8)))
         return {"$array": len(buffers), "dtype": obj.dtype.str, "shape": list(obj.shape)}
     if isinstance(obj, bytes | bytearray | memoryview):
         buffers.append(memoryview(obj).cast("B"))
@@ -46,30 +47,42 @@ def _pack(obj: Any, buffers: list[memoryview]) -> Any:
     raise TransportError(f"cannot send a {type(obj).__name__} between the services")
 
 
-def _unpack(obj: Any, buffers: list[memoryview]) -> Any:
+class _Buffers:
+    """The payload's buffers; each may be used once (no payload can make many copies of one buffer)."""
+
+    def __init__(self, parts: list[memoryview]) -> None:
+        self.parts, self.used = parts, set()
+
+    def take(self, index: Any) -> memoryview:
+        if not isinstance(index, int) or not 1 <= index <= len(self.parts) or index in self.used:
+            raise TransportError("malformed payload: bad buffer index")
+        self.used.add(index)
+        return self.parts[index - 1]
+
+
+def _unpack(obj: Any, buffers: _Buffers, depth: int = 0) -> Any:
+    if depth > _MAX_DEPTH:
+        raise TransportError("malformed payload: nested too deeply")
     if isinstance(obj, list):
-        return [_unpack(v, buffers) for v in obj]
+        return [_unpack(v, buffers, depth + 1) for v in obj]
     if not isinstance(obj, dict):
         return obj
     if set(obj) == {"$dict"} and isinstance(obj["$dict"], dict):
-        return {k: _unpack(v, buffers) for k, v in obj["$dict"].items()}
+        return {k: _unpack(v, buffers, depth + 1) for k, v in obj["$dict"].items()}
     if set(obj) == {"$bytes"}:
-        return bytes(_buffer(buffers, obj["$bytes"]))
+        return bytes(buffers.take(obj["$bytes"]))
     if set(obj) == {"$array", "dtype", "shape"}:
-        dtype = np.dtype(str(obj["dtype"]))
-        if dtype.kind not in _NUMERIC_KINDS:
+        try:
+            dtype = np.dtype(str(obj["dtype"]))
+        except TypeError:
+            raise TransportError("malformed array dtype") from None
+        if dtype.kind not in _NUMERIC_KINDS or dtype.subdtype is not None or dtype.fields is not None:
             raise TransportError(f"refusing an array of dtype {dtype}")
         try:  # a read-only view of the body, no copy (as pickle's out-of-band buffers gave)
-            return np.frombuffer(_buffer(buffers, obj["$array"]), dtype=dtype).reshape(obj["shape"])
+            return np.frombuffer(buffers.take(obj["$array"]), dtype=dtype).reshape(obj["shape"])
         except (ValueError, TypeError) as exc:
             raise TransportError(f"malformed array: {exc}") from None
     raise TransportError("malformed payload")
-
-
-def _buffer(buffers: list[memoryview], index: Any) -> memoryview:
-    if not isinstance(index, int) or not 1 <= index <= len(buffers):
-        raise TransportError("malformed payload: bad buffer index")
-    return buffers[index - 1]
 
 
 def encode(obj: Any) -> tuple[list[memoryview | bytes], str]:
@@ -94,9 +107,13 @@ def decode(data: bytes, lengths: str) -> Any:
         start += n
     try:
         header = json.loads(bytes(parts[0]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise TransportError("malformed payload header") from None
-    return _unpack(header, parts[1:])
+    buffers = _Buffers(parts[1:])
+    value = _unpack(header, buffers)
+    if len(buffers.used) != len(buffers.parts):
+        raise TransportError("malformed payload: unused buffers")
+    return value
 
 
 class ArraySerde(bentoml_serde.GenericSerde, bentoml_serde.Serde):

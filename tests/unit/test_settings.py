@@ -37,3 +37,19 @@ def test_api_key_is_secret_and_checked_without_echoing_it():
     with pytest.raises(SettingsError, match="CLASSIFIER_API_KEY=\\(hidden\\)") as info:
         ServiceSettings.from_env({"CLASSIFIER_API_KEY": "short-key"})
     assert "short-key" not in str(info.value)
+
+
+def test_admission_capacity_defaults_to_two_batches_and_fits_a_full_request():
+    assert ServiceSettings().inflight_capacity == 32  # 2 x 16 x 1 worker, = MAX_IMAGES
+    assert ServiceSettings.from_env({"CLASSIFIER_MAX_BATCH_SIZE": "64", "CLASSIFIER_MODEL_WORKERS": "2"}
+                                    ).inflight_capacity == 256
+    assert ServiceSettings.from_env({"CLASSIFIER_MAX_INFLIGHT_IMAGES": "40"}).inflight_capacity == 40
+    with pytest.raises(SettingsError, match="CLASSIFIER_MAX_INFLIGHT_IMAGES=8 must be at least CLASSIFIER_MAX_IMAGES=32"):
+        ServiceSettings.from_env({"CLASSIFIER_MAX_INFLIGHT_IMAGES": "8"})
+
+
+@pytest.mark.parametrize("var, value", [("CLASSIFIER_MAX_QUEUE", "-1"), ("CLASSIFIER_MAX_QUEUE_WAIT_MS", "0"),
+                                        ("CLASSIFIER_GRACEFUL_TIMEOUT_S", "0")])
+def test_admission_and_shutdown_limits_are_checked(var, value):
+    with pytest.raises(SettingsError, match=var):
+        ServiceSettings.from_env({var: value})

@@ -26,9 +26,11 @@ def test_what_the_services_exchange_round_trips():
     assert not out["images"].flags.writeable  # a view of the body: nothing can scribble on another request
 
 
-def test_non_contiguous_arrays_are_sent_as_their_values():
-    a = np.arange(24, dtype=np.int64).reshape(4, 6)[:, ::2]
-    assert np.array_equal(roundtrip(a), a)
+@pytest.mark.parametrize("a", [np.arange(24, dtype=np.int64).reshape(4, 6)[:, ::2], np.zeros((0, 2), np.float32),
+                               np.array([True, False])])
+def test_non_contiguous_empty_and_bool_arrays_round_trip(a):
+    out = roundtrip(a)
+    assert out.dtype == a.dtype and out.shape == a.shape and np.array_equal(out, a)
 
 
 @pytest.mark.parametrize("value", [np.array([object()]), {1: "int key"}, object(), {"s": {1, 2}}])
@@ -59,14 +61,18 @@ def test_a_pickle_is_refused_and_never_executed(tmp_path, monkeypatch):
      (b'{"$array": 1, "dtype": "<f4", "shape": [9]}' + b"\0" * 8, "43,8"),  # shape larger than the buffer
      (b'{"$bytes": 2}', "13"),  # buffer that does not exist
      (b'{"$eval": 1}', "12"),  # unknown marker
-     (b"not json", "8"), (b"{}", "1,1"), (b"{}", "x")],
+     (b"not json", "8"), (b"{}", "1,1"), (b"{}", "x"),
+     (b'[{"$bytes": 1}, {"$bytes": 1}]' + b"\0" * 4, "30,4"),  # one buffer twice: memory amplification
+     (b'{"$bytes": 1}' + b"\0" * 8, "13,4,4"),  # a buffer left over
+     (b"[" * 200 + b"]" * 200, "400")],  # nesting deeper than anything the services send
 )
 def test_malformed_payloads_are_refused(body, lengths):
     with pytest.raises(TransportError):
         decode(body, lengths)
 
 
-def test_install_replaces_bentoml_pickle_serde():
+def test_install_replaces_bentoml_pickle_serde(monkeypatch):
+    monkeypatch.setitem(bentoml_serde.ALL_SERDE, MEDIA_TYPE, bentoml_serde.ALL_SERDE[MEDIA_TYPE])  # restored after
     install()
     assert bentoml_serde.ALL_SERDE[MEDIA_TYPE] is ArraySerde  # the hook BentoML 1.4.30 looks up per request
     payload = ArraySerde().serialize_value({"images": np.zeros((1, 3), np.uint8)})
