@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -57,6 +59,17 @@ class PhaseSummary:
     p99_ms: float
     max_ms: float
     shed_p99_ms: float
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN (no answer of that kind) as None, so the JSON written is standard JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def photo_bodies(folder: Path) -> list[bytes]:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from loadtests.openloop import Outcome, Phase, measure_capacity, offer, photo_bodies, summarize, timeline
+from loadtests.openloop import Outcome, Phase, json_safe, measure_capacity, offer, photo_bodies, summarize, timeline
 from loadtests.servers import REPO, serve
 
 logger = logging.getLogger("loadtests.overload")
@@ -101,7 +101,7 @@ def run(url: str, args: argparse.Namespace) -> dict:
         "answered_all": all(s.other == 0 and s.no_answer == 0 for s in summaries),
         "recovery_s": recovered, "recovered_p50_ratio": RECOVERED_P50_RATIO,
     }
-    (args.out / "overload.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    (args.out / "overload.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     return summary
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from loadtests.openloop import Phase, measure_capacity, offer, photo_bodies, summarize, timeline
+from loadtests.openloop import Phase, json_safe, measure_capacity, offer, photo_bodies, summarize, timeline
 from loadtests.servers import REPO, serve_process
 
 logger = logging.getLogger("loadtests.soak")
@@ -142,7 +142,7 @@ def run(url: str, pid: int, args: argparse.Namespace) -> dict:
     result = {"capacity_req_per_s": round(capacity, 2), "load": asdict(summary), "failures": failures,
               "failure_examples": sorted({f"{o.status} {o.error or o.reason}" for o in outcomes if o.status != 200})[:5],
               "rss": verdict, "passed": failures == 0 and verdict["flat"]}
-    (args.out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "soak.json").write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
     return result
 
 
