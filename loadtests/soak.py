@@ -26,6 +26,7 @@ import psutil
 
 from loadtests.openloop import Phase, json_safe, measure_capacity, offer, photo_bodies, summarize, timeline
 from loadtests.servers import REPO, serve_process
+from service.shutdown import service_name_of
 
 logger = logging.getLogger("loadtests.soak")
 MIB = 1024 * 1024
@@ -38,13 +39,9 @@ class Sample:
     rss_mib: float
 
 
-def role_of(cmdline: Sequence[str]) -> str:
-    text = " ".join(cmdline)
-    if "--service-name model_runner" in text:
-        return "runner"
-    if "--service-name image_classifier" in text:
-        return "front"
-    return "manager"
+def role_of(cmdline: list[str]) -> str:
+    """runner, front, or manager (BentoML's process manager, which has no service)."""
+    return {"model_runner": "runner", "image_classifier": "front"}.get(service_name_of(cmdline) or "", "manager")
 
 
 def sample_tree(pid: int, t_s: float) -> list[Sample]:

@@ -27,6 +27,13 @@ FORCE_EXIT_AFTER_S = 5.0  # after uvicorn is told to stop now: long enough to cl
 StopServer = Callable[[int, object], None]
 
 
+def service_name_of(cmdline: list[str]) -> str | None:
+    """The BentoML service a worker process serves (its ``--service-name`` argument), if any."""
+    if "--service-name" in cmdline[:-1]:
+        return cmdline[cmdline.index("--service-name") + 1]
+    return None
+
+
 def service_workers_alive(service_name: str) -> Callable[[], bool]:
     """A check: is a sibling process (same parent: BentoML's process manager) serving ``service_name``?"""
 
@@ -37,11 +44,9 @@ def service_workers_alive(service_name: str) -> Callable[[], bool]:
             return False
         for proc in siblings:
             try:
-                cmdline = proc.cmdline()
-                name = cmdline[cmdline.index("--service-name") + 1] if "--service-name" in cmdline else None
-                if name == service_name and proc.status() != psutil.STATUS_ZOMBIE:
+                if service_name_of(proc.cmdline()) == service_name and proc.status() != psutil.STATUS_ZOMBIE:
                     return True
-            except (psutil.Error, IndexError):
+            except psutil.Error:
                 continue
         return False
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from service.shutdown import FORCE_EXIT_AFTER_S, drain_then_stop, on_sigterm
+from service.shutdown import FORCE_EXIT_AFTER_S, drain_then_stop, on_sigterm, service_name_of
 
 
 class Clock:
@@ -97,3 +97,12 @@ def test_under_a_server_sigterm_is_routed_through_the_drain_once(monkeypatch):
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+@pytest.mark.parametrize("cmdline, name", [
+    (["python", "-m", "w", "--service-name", "model_runner", "--fd", "3"], "model_runner"),
+    (["python", "-m", "bentoml", "serve"], None),
+    (["w", "--service-name"], None),
+])
+def test_service_name_of_a_worker(cmdline, name):
+    assert service_name_of(cmdline) == name
