@@ -9,8 +9,10 @@ loadtests/overload.py and loadtests/soak.py; localhost only, like the sweep.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
+import logging
 import math
 import random
 import time
@@ -23,6 +25,7 @@ import httpx
 import numpy as np
 
 from loadtests.results import check_local
+from loadtests.servers import REPO
 
 HUNG = "hung"  # no answer within the client timeout
 
@@ -70,6 +73,24 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, list):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every open-loop script takes: the server to start, its capacity, the client, the output."""
+    parser.add_argument("--model-tag", default="transfer-classifier:latest", help="model of the server started")
+    parser.add_argument("--capacity", type=float, default=0.0, help="requests/s the server sustains; 0: measure it")
+    parser.add_argument("--capacity-seconds", type=float, default=20.0, help="length of the capacity measurement")
+    parser.add_argument("--client-timeout", type=float, default=150.0,
+                        help="seconds without an answer that count as hung")
+    parser.add_argument("--photos", type=Path, default=REPO / "loadtests" / "photos", help="JPEGs to send")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
+    parser.add_argument("--out", type=Path, default=REPO / "loadtests" / "results", help="folder for the results")
+
+
+def setup_logging() -> None:
+    """Progress on stderr; httpx's line per request silenced."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def photo_bodies(folder: Path) -> list[bytes]:

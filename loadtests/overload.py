@@ -20,8 +20,19 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from loadtests.openloop import Outcome, Phase, json_safe, measure_capacity, offer, photo_bodies, summarize, timeline
-from loadtests.servers import REPO, serve
+from loadtests.openloop import (
+    Outcome,
+    Phase,
+    add_run_arguments,
+    json_safe,
+    measure_capacity,
+    offer,
+    photo_bodies,
+    setup_logging,
+    summarize,
+    timeline,
+)
+from loadtests.servers import serve
 
 logger = logging.getLogger("loadtests.overload")
 RECOVERED_P50_RATIO = 1.5  # "normal latency": a window's p50 within 1.5x the p50 before the overload
@@ -127,25 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtests.overload", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--url", help="a running server (localhost only); default: start one on --model-tag")
-    p.add_argument("--model-tag", default="transfer-classifier:latest", help="model of the server started")
-    p.add_argument("--capacity", type=float, default=0.0, help="requests/s the server sustains; 0: measure it")
     p.add_argument("--capacity-clients", type=int, default=16, help="closed-loop clients when measuring capacity")
-    p.add_argument("--capacity-seconds", type=float, default=20.0, help="length of the capacity measurement")
     p.add_argument("--normal-share", type=float, default=0.5, help="normal load as a share of capacity")
     p.add_argument("--overload-factor", type=float, default=3.0, help="overload as a multiple of capacity")
     p.add_argument("--normal-seconds", type=float, default=30.0, help="length of the normal phase")
     p.add_argument("--overload-seconds", type=float, default=60.0, help="length of the overload phase")
     p.add_argument("--recovery-seconds", type=float, default=45.0, help="length of the phase after the overload")
-    p.add_argument("--client-timeout", type=float, default=150.0, help="seconds without an answer that count as hung")
-    p.add_argument("--photos", type=Path, default=REPO / "loadtests" / "photos", help="JPEGs to send")
-    p.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
-    p.add_argument("--out", type=Path, default=REPO / "loadtests" / "results", help="folder for the results")
+    add_run_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging()
     args = build_parser().parse_args(argv)
     if args.url:
         summary = run(args.url, args)

@@ -24,8 +24,18 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from loadtests.openloop import Phase, json_safe, measure_capacity, offer, photo_bodies, summarize, timeline
-from loadtests.servers import REPO, serve_process
+from loadtests.openloop import (
+    Phase,
+    add_run_arguments,
+    json_safe,
+    measure_capacity,
+    offer,
+    photo_bodies,
+    setup_logging,
+    summarize,
+    timeline,
+)
+from loadtests.servers import serve_process
 from service.shutdown import service_name_of
 
 logger = logging.getLogger("loadtests.soak")
@@ -159,24 +169,17 @@ def report(result: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtests.soak", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-tag", default="transfer-classifier:latest", help="model of the server started")
     p.add_argument("--minutes", type=float, default=10.0, help="length of the steady load")
     p.add_argument("--share", type=float, default=0.5, help="load as a share of the measured capacity")
-    p.add_argument("--capacity", type=float, default=0.0, help="requests/s the server sustains; 0: measure it")
-    p.add_argument("--capacity-seconds", type=float, default=20.0, help="length of the capacity measurement")
     p.add_argument("--warmup-seconds", type=float, default=60.0, help="RSS before this is not held to the bound")
     p.add_argument("--rss-bound-mib", type=float, default=32.0, help="largest allowed rise of the total RSS")
     p.add_argument("--sample-seconds", type=float, default=5.0, help="RSS sampling interval")
-    p.add_argument("--client-timeout", type=float, default=150.0, help="seconds without an answer that count as hung")
-    p.add_argument("--photos", type=Path, default=REPO / "loadtests" / "photos", help="JPEGs to send")
-    p.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
-    p.add_argument("--out", type=Path, default=REPO / "loadtests" / "results", help="folder for the results")
+    add_run_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging()
     args = build_parser().parse_args(argv)
     with serve_process({"CLASSIFIER_MODEL_TAG": args.model_tag}) as server:
         result = run(server.url, server.process.pid, args)

@@ -110,16 +110,21 @@ def test_three_times_capacity_is_shed_with_503_and_latency_recovers(slow_model):
     assert tail_ok[len(tail_ok) // 2] <= 3 * normal.p50_ms / 1000, (normal, recovery)
 
 
+def kill_under_load(server: RunningServer, load: Load, role: str) -> tuple[psutil.Process, float]:
+    """Once the load has had 3 answers, SIGKILL the ``role`` worker; the victim and when it was killed."""
+    assert load.wait_for(lambda ev: sum(e[2] == 200 for e in ev) >= 3, timeout=60)
+    victim = worker(server, role)
+    victim.kill()
+    return victim, time.monotonic()
+
+
 def _answers(events, after: float | None = None) -> set[tuple[int, str]]:
     return {(status, reason) for sent, _, status, reason in events if after is None or sent > after}
 
 
 def test_a_killed_model_worker_is_replaced_and_clients_get_503_meanwhile(slow_model):
     with start(slow_model) as server, Load(server.url, clients=3) as load:
-        assert load.wait_for(lambda ev: sum(e[2] == 200 for e in ev) >= 3, timeout=60)
-        victim = worker(server, "runner")
-        victim.kill()
-        killed = time.monotonic()
+        victim, killed = kill_under_load(server, load, "runner")
         assert load.wait_for(lambda ev: any(e[0] > killed and e[2] == 200 for e in ev), timeout=90), \
             _answers(load.events, killed)
         back = min(e[1] for e in load.events if e[0] > killed and e[2] == 200) - killed
@@ -131,10 +136,7 @@ def test_a_killed_model_worker_is_replaced_and_clients_get_503_meanwhile(slow_mo
 
 def test_a_killed_front_worker_is_replaced_and_new_connections_wait_for_it(slow_model):
     with start(slow_model) as server, Load(server.url, clients=3) as load:
-        assert load.wait_for(lambda ev: sum(e[2] == 200 for e in ev) >= 3, timeout=60)
-        victim = worker(server, "front")
-        victim.kill()
-        killed = time.monotonic()
+        victim, killed = kill_under_load(server, load, "front")
         assert load.wait_for(lambda ev: sum(e[0] > killed and e[2] == 200 for e in ev) >= 3, timeout=90)
         replacement = worker(server, "front")
     assert replacement.pid != victim.pid
