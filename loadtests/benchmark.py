@@ -7,24 +7,33 @@
 
     python -m loadtests.benchmark --model transfer-classifier:latest
 
-Every contender serves the same model with the same batching limits, one at a time, to the same
-locust users sending the same photos (one per request, multipart) from this process.
+Every contender serves the same model with the same batching limits to the same locust users sending
+the same photos (one per request, multipart) from this process: as they are, or re-encoded at several
+sizes with --sizes (phone photos are megapixels, which the decoder must cope with). All servers run
+from the start and are loaded one at a time, in rounds: each round measures the raw engines, then
+every concurrency on every contender in turn. A shared host's speed drifts by tens of percent over
+minutes; interleaving gives every contender the same mix of fast and slow minutes, and the medians
+over rounds are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import subprocess
 import sys
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadtests.results import Level, median_engines, median_level, plot, table, write_csv
 from loadtests.servers import REPO, serve
-from loadtests.results import Level, plot, table, write_csv
 from loadtests.sweep import sweep
 from loadtests.traffic import PHOTOS, photo_files
+from service.contract import ContractError
+from service.model_store import describe_model
 
 logger = logging.getLogger(__name__)
 SHARED_PHOTOS = REPO.parent / "shared" / "data" / "hymenoptera_data"
@@ -47,9 +56,8 @@ def contenders(model: str, engines: list[str]) -> list[Contender]:
     return [*ours, reference]
 
 
-def engine_speeds(model: str, photos: Path, batch_sizes: str, seconds: float, out: Path) -> dict:
+def engine_speeds(model: str, photos: Path, batch_sizes: str, seconds: float, path: Path) -> dict:
     """Run loadtests.engine_bench in a child process, so nothing else shares this process's threads."""
-    path = out / "engines.json"
     subprocess.run([sys.executable, "-m", "loadtests.engine_bench", "--model", model, "--photos", str(photos),
                     "--batch-sizes", batch_sizes, "--seconds", str(seconds), "--out", str(path)],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
@@ -63,41 +71,75 @@ def build_parser() -> argparse.ArgumentParser:
                    "the README's figures)")
     p.add_argument("--photos", type=Path, default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else PHOTOS,
                    help="photos to send (default: ../shared/data/hymenoptera_data if present, else loadtests/photos)")
+    p.add_argument("--sizes", default="", help="longest sides to re-encode every photo at, comma-separated, e.g. "
+                   "100,320,640,1280,2048 for phone-photo sizes (default: none, the photos as they are)")
     p.add_argument("--engines", default="onnx,onnx-int8", help="our service's engines to measure, comma-separated")
     p.add_argument("--concurrency", default="8,16,32", help="concurrent clients, comma-separated")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each measuring everything once; medians are reported")
     p.add_argument("--batch-sizes", default="1,4,8,16", help="raw engine batch sizes (the served ones)")
-    p.add_argument("--engine-seconds", type=float, default=5.0, help="seconds per raw engine and batch size")
-    p.add_argument("--warm-up", type=float, default=10.0, help="seconds at each concurrency before measuring")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds measured at each concurrency")
+    p.add_argument("--engine-seconds", type=float, default=3.0, help="seconds per raw engine and batch size, per round")
+    p.add_argument("--warm-up", type=float, default=5.0, help="seconds of load before each measurement")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds measured per contender and concurrency, "
+                   "per round")
     p.add_argument("--max-batch-size", type=int, default=16, help="every service's largest batch")
     p.add_argument("--out", type=Path, default=Path("loadtests/results"), help="folder for the results")
     return p
 
 
+def measure(args: argparse.Namespace, model: str) -> tuple[list[dict], dict[str, dict[int, list[Level]]]]:
+    """Start every contender, then run the rounds: raw engines, then each concurrency on each contender.
+    Returns the raw engine runs and {contender: {clients: [Level per round]}}."""
+    batching = {"CLASSIFIER_MAX_BATCH_SIZE": str(args.max_batch_size), "CLASSIFIER_MAX_LATENCY_MS": "10000"}
+    levels = [int(c) for c in args.concurrency.split(",")]
+    engine_runs: list[dict] = []
+    runs: dict[str, dict[int, list[Level]]] = defaultdict(lambda: defaultdict(list))
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for contender in contenders(model, args.engines.split(",")):
+            logger.info("%s: starting %s", contender.name, contender.target)
+            servers.append((contender, stack.enter_context(serve({**batching, **contender.env}, target=contender.target))))
+        for r in range(1, args.rounds + 1):
+            logger.info("round %d of %d: raw engines on %s ...", r, args.rounds, args.photos)
+            engine_runs.append(engine_speeds(model, args.photos, args.batch_sizes, args.engine_seconds,
+                                             args.out / "engines.json"))
+            for users in levels:
+                for contender, url in servers:
+                    logger.info("round %d: %s", r, contender.name)
+                    (level,) = sweep(url, [users], user_class="PhotoUser", warm_up=args.warm_up, duration=args.duration,
+                                     max_requests=10**6, options={"photos": str(args.photos), "photo_sizes": args.sizes,
+                                                                  "endpoint": contender.endpoint, "field": contender.field})
+                    runs[contender.name][users].append(level)
+    return engine_runs, runs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.rounds < 1:
+        raise SystemExit("error: --rounds must be at least 1")
     photo_files(args.photos)
     args.out.mkdir(parents=True, exist_ok=True)
-    logger.info("raw engines on %s ...", args.photos)
-    engines = engine_speeds(args.model, args.photos, args.batch_sizes, args.engine_seconds, args.out)
-    batching = {"CLASSIFIER_MAX_BATCH_SIZE": str(args.max_batch_size), "CLASSIFIER_MAX_LATENCY_MS": "10000"}
-    levels = [int(c) for c in args.concurrency.split(",")]
-    results: dict[str, list[Level]] = {}
-    for contender in contenders(engines["model"], args.engines.split(",")):
-        logger.info("%s: starting %s", contender.name, contender.target)
-        with serve({**batching, **contender.env}, target=contender.target) as url:
-            results[contender.name] = sweep(
-                url, levels, user_class="PhotoUser", warm_up=args.warm_up, duration=args.duration, max_requests=10**6,
-                options={"photos": str(args.photos), "endpoint": contender.endpoint, "field": contender.field},
-            )
+    try:
+        model = describe_model(args.model).tag  # one version for every contender and round
+    except ContractError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    engine_runs, runs = measure(args, model)
+    engines = median_engines(engine_runs)
+    results = {name: [median_level(rounds) for rounds in per_level.values()] for name, per_level in runs.items()}
     text, targets = table(engines, results)
     write_csv(results, args.out / "benchmark.csv")
-    plot(results, args.out / "benchmark.png", f"{engines['model']} on this machine, one photo per request")
-    report = f"{text}\n\n" + "\n".join(targets) + "\n"
+    sizes = f"photos at {args.sizes} px" if args.sizes else "photos as they are"
+    plot(results, args.out / "benchmark.png", f"{model} on this machine, one photo per request, {sizes}")
+    report = (f"Load: one photo per request, {sizes}, from {args.photos}. Medians of {args.rounds} interleaved "
+              f"rounds.\n\n{text}\n\n" + "\n".join(targets) + "\n")
     (args.out / "benchmark.md").write_text(report)
-    (args.out / "benchmark.json").write_text(json.dumps({"engines": engines, "services": {
-        name: [vars(lv) for lv in lv_list] for name, lv_list in results.items()}}, indent=2) + "\n")
+    (args.out / "engines.json").write_text(json.dumps(engines, indent=2) + "\n")
+    (args.out / "benchmark.json").write_text(json.dumps({
+        "engines": engines, "services": {name: [vars(lv) for lv in levels] for name, levels in results.items()},
+        "rounds": {"engines": [r["images_per_s"] for r in engine_runs],
+                   "services": {name: {users: [vars(lv) for lv in rounds] for users, rounds in per_level.items()}
+                                for name, per_level in runs.items()}},
+    }, indent=2) + "\n")
     print(report)
     return 0
 

@@ -4,7 +4,7 @@
 
 ClassifierUser sends realistic traffic: single photos from 100 px to 3 MP, multi-image requests and a
 share of malformed ones, which count as successes only when they get their documented 4xx.
-PhotoUser sends one photo per request, as it is, to any endpoint: the benchmark's traffic, also
+PhotoUser sends one photo per request, as it is or at --photo-sizes, to any endpoint: the benchmark's traffic, also
 understood by the reference service (``--endpoint /classify --field images``). Each user sends its
 next request as soon as the last is answered (closed loop): concurrency = number of users.
 """
@@ -20,7 +20,7 @@ from locust import FastHttpUser, constant, events, task
 from loadtests.traffic import DEFAULT_SIZES, PHOTOS, Payload, Traffic, photo_files, photo_traffic, realistic_traffic
 
 DEFAULTS = {"photos": str(PHOTOS), "sizes": ",".join(map(str, DEFAULT_SIZES)), "batch_share": 0.2, "batch_images": 4,
-            "malformed_share": 0.05, "endpoint": "/v1/predict", "field": "image", "seed": None}
+            "malformed_share": 0.05, "endpoint": "/v1/predict", "field": "image", "photo_sizes": "", "seed": None}
 
 
 @events.init_command_line_parser.add_listener
@@ -36,6 +36,8 @@ def _options(parser) -> None:
                        help="share of malformed requests, each expecting its 4xx (default: 0.05)")
     group.add_argument("--endpoint", default=DEFAULTS["endpoint"], help="PhotoUser's endpoint (default: /v1/predict)")
     group.add_argument("--field", default=DEFAULTS["field"], help="PhotoUser's multipart field (default: image)")
+    group.add_argument("--photo-sizes", default=DEFAULTS["photo_sizes"], help="longest sides PhotoUser re-encodes each "
+                       "photo at, comma-separated (default: none, each photo as it is)")
     group.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                        help="seed of the users' request choices, for a repeatable mix (default: none, random)")
 
@@ -52,8 +54,8 @@ def _realistic(photos: str, sizes: str, batch_images: int, batch_share: float, m
 
 
 @functools.cache
-def _photos(photos: str, field: str) -> Traffic:
-    return photo_traffic(photo_files(Path(photos)), field)
+def _photos(photos: str, field: str, sizes: str) -> Traffic:
+    return photo_traffic(photo_files(Path(photos)), field, tuple(int(s) for s in sizes.split(",") if s.strip()))
 
 
 class _Sender(FastHttpUser):
@@ -104,7 +106,8 @@ class PhotoUser(_Sender):
 
     def on_start(self) -> None:
         super().on_start()
-        self.traffic = _photos(option(self.environment, "photos"), option(self.environment, "field"))
+        env = self.environment
+        self.traffic = _photos(option(env, "photos"), option(env, "field"), option(env, "photo_sizes"))
         self.endpoint = option(self.environment, "endpoint")
 
     @task

@@ -59,6 +59,32 @@ class Recorder:
         )
 
 
+def median_level(rounds: list[Level]) -> Level:
+    """One level measured in several rounds: the median of each rate and percentile (robust to a round on a
+    busy host), counts summed, the worst latency kept."""
+    if not rounds or len({lv.users for lv in rounds}) != 1:
+        raise ValueError("median_level needs one or more rounds of the same concurrency")
+
+    def med(name: str) -> float:
+        return float(np.median([getattr(lv, name) for lv in rounds]))
+
+    return Level(
+        users=rounds[0].users, seconds=round(sum(lv.seconds for lv in rounds), 2),
+        requests=sum(lv.requests for lv in rounds), failures=sum(lv.failures for lv in rounds),
+        images_per_s=med("images_per_s"), requests_per_s=med("requests_per_s"), p50_ms=med("p50_ms"),
+        p99_ms=med("p99_ms"), max_ms=max(lv.max_ms for lv in rounds),
+        failure_examples=" | ".join(lv.failure_examples for lv in rounds if lv.failure_examples)[:600],
+    )
+
+
+def median_engines(rounds: list[dict]) -> dict:
+    """Raw engine runs (loadtests.engine_bench's JSON) from several rounds: the median images/s per engine and
+    batch size; everything else from the first round."""
+    speeds = {name: {batch: float(np.median([r["images_per_s"][name][batch] for r in rounds])) for batch in per}
+              for name, per in rounds[0]["images_per_s"].items()}
+    return {**rounds[0], "images_per_s": speeds, "rounds": len(rounds)}
+
+
 def check_local(host: str) -> str:
     """``host`` if it is an http(s) URL on this machine; ValueError otherwise."""
     parts = urlsplit(host)
@@ -139,7 +165,10 @@ def _targets(best_fp32: float, engines: dict, results: dict[str, list[Level]], r
                 continue
             speedup = lv.images_per_s / ref.images_per_s
             if "int8" in name:
-                checks.append(_check(f"{name} at {lv.users} clients: {speedup:.2f}x reference (target >= 3.5)", speedup >= 3.5))
+                raw_int8 = max(engines["images_per_s"].get("onnx-int8", {}).values(), default=0.0)
+                ceiling = f"; its raw engine alone is {raw_int8 / ref.images_per_s:.2f}x" if raw_int8 else ""
+                checks.append(_check(f"{name} at {lv.users} clients: {speedup:.2f}x reference (target >= 3.5{ceiling})",
+                                     speedup >= 3.5))
             else:
                 share = lv.images_per_s / best_fp32
                 checks.append(_check(f"{name} at {lv.users} clients: {share:.0%} of the best raw fp32 engine "

@@ -109,7 +109,12 @@ def realistic_traffic(
     return Traffic(singles, batches, tuple(malformed_payloads(photos[0].read_bytes())), batch_share, malformed_share)
 
 
-def photo_traffic(photos: list[Path], field: str = "image") -> Traffic:
-    """The benchmark's traffic: each photo as it is, one per multipart request in ``field``."""
-    singles = tuple(Payload("photo", *multipart(field, [(p.name, p.read_bytes())]), 1) for p in photos)
+def photo_traffic(photos: list[Path], field: str = "image", sizes: tuple[int, ...] = ()) -> Traffic:
+    """The benchmark's traffic: one photo per multipart request in ``field``, each photo as it is or,
+    with ``sizes``, re-encoded at each of those longest sides."""
+    if sizes:
+        files = [(f"{p.stem}-{size}px.jpg", resized_jpeg(p.read_bytes(), size)) for p in photos for size in sizes]
+    else:
+        files = [(p.name, p.read_bytes()) for p in photos]
+    singles = tuple(Payload("photo", *multipart(field, [(name, data)]), 1) for name, data in files)
     return Traffic(singles, (), (), batch_share=0.0, malformed_share=0.0)

@@ -62,8 +62,9 @@ def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
     """Raw engines, our service with both ONNX engines, and the reference service, briefly."""
     result = _run("-m", "loadtests.benchmark", "--model", trained_model, "--photos", "loadtests/photos",
                   "--concurrency", "2", "--batch-sizes", "1,2", "--engine-seconds", "0.2", "--warm-up", "1",
-                  "--duration", "3", "--out", str(tmp_path), timeout=600)
+                  "--duration", "3", "--sizes", "100,640", "--rounds", "2", "--out", str(tmp_path), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Load: one photo per request, photos at 100,640 px" in result.stdout
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert set(report["engines"]["images_per_s"]) == {"torch", "onnx", "onnx-int8"}
     assert 0 <= report["engines"]["int8_top1_agreement"] <= 1
@@ -73,4 +74,6 @@ def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
         assert levels[0]["users"] == 2 and levels[0]["failures"] == 0 and levels[0]["images_per_s"] > 0
     assert "| reference | 2 |" in result.stdout and "x reference" in result.stdout
     assert (tmp_path / "benchmark.png").read_bytes().startswith(PNG)
+    assert len(report["rounds"]["engines"]) == 2
+    assert all(len(rounds) == 2 for per_level in report["rounds"]["services"].values() for rounds in per_level.values())
     assert len(list(csv.DictReader((tmp_path / "benchmark.csv").open()))) == 3

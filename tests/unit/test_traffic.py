@@ -7,7 +7,7 @@ import random
 import pytest
 from PIL import Image
 
-from loadtests.results import Level, Recorder, check_local, plot, table, write_csv
+from loadtests.results import Level, Recorder, check_local, median_engines, median_level, plot, table, write_csv
 from loadtests.traffic import PHOTOS, Traffic, photo_files, photo_traffic, realistic_traffic, resized_jpeg
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -61,6 +61,19 @@ def test_photo_traffic_sends_photos_unchanged():
     assert any(p.read_bytes() in payload.body for p in photos)
 
 
+def test_photo_traffic_can_send_each_photo_at_several_sizes():
+    photos = photo_files(PHOTOS)[:2]
+    traffic = photo_traffic(photos, sizes=(100, 1280))
+    assert len(traffic.singles) == 4
+    sizes = sorted(max(Image.open(io.BytesIO(_file_part(p.body))).size) for p in traffic.singles)
+    assert sizes == [100, 100, 1280, 1280]
+
+
+def _file_part(body: bytes) -> bytes:
+    """The file in a one-file multipart body."""
+    return body.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+
+
 def test_recorder_counts_images_and_failures():
     recorder = Recorder()
     for ms in range(1, 101):
@@ -106,5 +119,24 @@ def test_benchmark_table_ratios_and_targets():
     assert "| onnx-int8 | 30.0 | 34.0 |" in text
     assert any(t.startswith("[met]") and "94% of the best raw fp32 engine" in t for t in targets)
     assert any(t.startswith("[met]") and "2.07x reference" in t for t in targets)
-    assert any(t.startswith("[MISSED]") and "ours (onnx-int8) at 16 clients: 3.47x" in t for t in targets)
+    assert any(t.startswith("[MISSED]") and "ours (onnx-int8) at 16 clients: 3.47x" in t
+               and "its raw engine alone is 4.53x" in t for t in targets)
     assert any(t.startswith("[met]") and "99.5%" in t for t in targets)
+
+
+def test_rounds_combine_into_medians_sums_and_the_worst_latency():
+    rounds = [_level(8, 10.0, 400), _level(8, 30.0, 900), _level(8, 12.0, 500)]
+    rounds[1] = Level(**{**vars(rounds[1]), "failures": 2, "failure_examples": "HTTP 500", "max_ms": 5000})
+    combined = median_level(rounds)
+    assert (combined.users, combined.images_per_s, combined.p99_ms, combined.p50_ms) == (8, 12.0, 500, 250)
+    assert (combined.requests, combined.failures, combined.seconds, combined.max_ms) == (300, 2, 30, 5000)
+    assert combined.failure_examples == "HTTP 500"
+    with pytest.raises(ValueError):
+        median_level([_level(8, 1, 1), _level(16, 1, 1)])
+
+
+def test_raw_engine_rounds_combine_into_medians():
+    runs = [{"model": "m:1", "images_per_s": {"onnx": {"8": v, "16": v + 1}}} for v in (20.0, 10.0, 22.0)]
+    combined = median_engines(runs)
+    assert combined["images_per_s"] == {"onnx": {"8": 20.0, "16": 21.0}}
+    assert combined["model"] == "m:1" and combined["rounds"] == 3
