@@ -57,6 +57,15 @@ def test_sweep_refuses_remote_hosts(tmp_path):
     assert result.returncode == 2 and "only http://127.0.0.1" in result.stderr
 
 
+def test_benchmark_refuses_bad_settings_in_one_line(tmp_path):
+    rounds = _run("-m", "loadtests.benchmark", "--rounds", "0", "--out", str(tmp_path / "a"))
+    assert rounds.returncode != 0 and rounds.stderr.strip() == "error: --rounds must be at least 1"
+    model = _run("-m", "loadtests.benchmark", "--model", "no-such-model:1", "--photos", "loadtests/photos",
+                 "--out", str(tmp_path / "b"))
+    assert model.returncode != 0 and model.stderr.startswith("error: ") and "no-such-model" in model.stderr
+    assert "Traceback" not in model.stderr
+
+
 @pytest.mark.slow
 def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
     """Raw engines, our service with both ONNX engines, and the reference service, briefly."""
