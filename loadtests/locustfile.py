@@ -49,13 +49,18 @@ def option(environment, name: str):
 
 @functools.cache
 def _realistic(photos: str, sizes: str, batch_images: int, batch_share: float, malformed_share: float) -> Traffic:
-    return realistic_traffic(photo_files(Path(photos)), sizes=tuple(int(s) for s in sizes.split(",")),
+    return realistic_traffic(photo_files(Path(photos)), sizes=_sizes(sizes),
                              batch_images=batch_images, batch_share=batch_share, malformed_share=malformed_share)
 
 
 @functools.cache
 def _photos(photos: str, field: str, sizes: str) -> Traffic:
-    return photo_traffic(photo_files(Path(photos)), field, tuple(int(s) for s in sizes.split(",") if s.strip()))
+    return photo_traffic(photo_files(Path(photos)), field, _sizes(sizes))
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """"100,640" -> (100, 640); "" -> ()."""
+    return tuple(int(s) for s in text.split(",") if s.strip())
 
 
 class _Sender(FastHttpUser):
@@ -108,7 +113,7 @@ class PhotoUser(_Sender):
         super().on_start()
         env = self.environment
         self.traffic = _photos(option(env, "photos"), option(env, "field"), option(env, "photo_sizes"))
-        self.endpoint = option(self.environment, "endpoint")
+        self.endpoint = option(env, "endpoint")
 
     @task
     def classify(self) -> None:
