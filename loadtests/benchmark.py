@@ -24,6 +24,7 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,7 @@ def measure(args: argparse.Namespace, model: str) -> tuple[list[dict], dict[str,
     engine_runs: list[dict] = []
     runs: dict[str, dict[int, list[Level]]] = defaultdict(lambda: defaultdict(list))
     with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))  # per-round raw runs; --out gets the medians
         servers = []
         for contender in contenders(model, args.engines.split(",")):
             logger.info("%s: starting %s", contender.name, contender.target)
@@ -101,7 +103,7 @@ def measure(args: argparse.Namespace, model: str) -> tuple[list[dict], dict[str,
         for r in range(1, args.rounds + 1):
             logger.info("round %d of %d: raw engines on %s ...", r, args.rounds, args.photos)
             engine_runs.append(engine_speeds(model, args.photos, args.batch_sizes, args.engine_seconds,
-                                             args.out / "engines.json"))
+                                             scratch / f"engines-{r}.json"))
             for users in levels:
                 for contender, url in servers:
                     logger.info("round %d: %s", r, contender.name)
