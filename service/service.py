@@ -24,7 +24,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from classifier import __version__
 from service import transport
+from service.bentoml_compat import check_version, described_service
 from service.auth import CHALLENGE, check_api_key
 from service.classify import Classifier
 from service.contract import ContractError
@@ -63,6 +65,7 @@ class ModelRunner:
     def preflight() -> None:
         """Once, before any worker starts: an unusable model stops the server with one line."""
         settings = _settings_or_exit()
+        check_version()
         try:
             model = describe_model(settings.model_tag)
             device = pick_device(settings.device)
@@ -131,10 +134,19 @@ class ModelRunner:
         return probs
 
 
-api = FastAPI(
-    title="Image classifier",
-    description="Transfer-learned image classification. Errors are JSON: {\"error\": {\"reason\", \"message\", \"file\", \"index\"}}.",
-)
+TITLE = "Image classifier"
+DESCRIPTION = """Batched image classification with a transfer-learned model (transfer-serve).
+
+- `POST /v1/predict`: one image (multipart field `image`, or a raw `image/*` body); `?top_k=N`.
+- `POST /v1/predict/batch`: several images (multipart field `images`), results in the order sent.
+- `GET /v1/model`: the served model's tag, classes, contract, engine, device, batching and limits.
+- `GET /livez`, `GET /readyz`: health; `GET /metrics`: Prometheus metrics.
+- `GET /`, `GET /docs.json`: this page and its OpenAPI document; `/v1/docs`, `/v1/openapi.json`: those of /v1 alone.
+
+Errors are JSON, `{"error": {"reason", "message", "file", "index"}}`, with a 4xx for every bad input,
+503 with `Retry-After` when overloaded. With an API key configured, /v1 needs `Authorization: Bearer <key>`."""
+
+api = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION)
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 503)}
 _ONE_IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
@@ -175,10 +187,11 @@ async def _invalid_parameter(request: Request, exc: RequestValidationError) -> J
     return await _api_error(request, ApiError(400, "bad_parameter", f"{where}: {first.get('msg')}"))
 
 
-@bentoml.service(name=FRONT, workers=1, traffic={"timeout": 120})
+@bentoml.service(name=FRONT, workers=1, traffic={"timeout": 120},
+                 service_class=described_service(TITLE, DESCRIPTION))
 @bentoml.asgi_app(api, path="/v1")
 class ImageClassifier:
-    """Public endpoints under /v1; BentoML adds /livez, /readyz, /metrics and /docs."""
+    """Public endpoints under /v1; BentoML adds /livez, /readyz, /metrics, / and /docs.json."""
 
     runner = bentoml.depends(ModelRunner)
 
