@@ -17,13 +17,13 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
     log = tmp_path / "server.log"
     with serve({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV, "CLASSIFIER_API_KEY": KEY}, log_path=log) as url:
         files = {"image": ("hopper.jpg", HOPPER)}
-        missing = httpx.post(f"{url}/v1/predict", files=files)
-        wrong = httpx.post(f"{url}/v1/predict", files=files, headers={"X-API-Key": KEY[:-1] + "0"})
-        bearer = httpx.post(f"{url}/v1/predict", files=files, headers={"Authorization": f"Bearer {KEY}"})
-        header = httpx.post(f"{url}/v1/predict/batch", files=[("images", ("a.jpg", HOPPER))], headers={"X-API-Key": KEY})
-        info = httpx.get(f"{url}/v1/model")
-        open_paths = [httpx.get(f"{url}{path}").status_code for path in ("/livez", "/readyz", "/metrics")]
-        metrics = httpx.get(f"{url}/metrics").text
+        missing = httpx.post(f"{url}/v1/predict", files=files, timeout=60)
+        wrong = httpx.post(f"{url}/v1/predict", files=files, headers={"X-API-Key": KEY[:-1] + "0"}, timeout=60)
+        bearer = httpx.post(f"{url}/v1/predict", files=files, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        header = httpx.post(f"{url}/v1/predict/batch", files=[("images", ("a.jpg", HOPPER))], headers={"X-API-Key": KEY}, timeout=60)
+        info = httpx.get(f"{url}/v1/model", timeout=60)
+        open_paths = [httpx.get(f"{url}{path}", timeout=60).status_code for path in ("/livez", "/readyz", "/metrics")]
+        metrics = httpx.get(f"{url}/metrics", timeout=60).text
     for refused in (missing, wrong, info):
         assert refused.status_code == 401 and refused.json()["error"]["reason"] == "unauthorized"
         assert refused.headers["www-authenticate"].startswith("Bearer")

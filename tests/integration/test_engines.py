@@ -46,10 +46,10 @@ def reference(server) -> np.ndarray:
 def test_engines_agree(trained_model, reference, env, tolerance):
     with serve({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV, **env}) as url:
         probs = probabilities(url)
-        info = httpx.get(f"{url}/v1/model").json()
-        metrics = httpx.get(f"{url}/metrics").text
+        info = httpx.get(f"{url}/v1/model", timeout=60).json()
+        metrics = httpx.get(f"{url}/metrics", timeout=60).text
         corrupt = photo_files(PHOTOS)[0].read_bytes()
-        bad = httpx.post(f"{url}/v1/predict/batch", files=[("images", FILES[0]), ("images", ("cut.jpg", corrupt[:5000]))])
+        bad = httpx.post(f"{url}/v1/predict/batch", files=[("images", FILES[0]), ("images", ("cut.jpg", corrupt[:5000]))], timeout=60)
     assert probs.shape == reference.shape
     assert np.abs(probs - reference).max() < tolerance
     assert info["engine"] == env.get("CLASSIFIER_ENGINE", "onnx")

@@ -6,6 +6,7 @@ can offer it several times what it serves. Bounds are generous: these prove beha
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import threading
@@ -30,7 +31,9 @@ LIMITS = {
     "CLASSIFIER_MAX_IMAGES": "4",
     "CLASSIFIER_MAX_INFLIGHT_IMAGES": "4",
     "CLASSIFIER_MAX_QUEUE": "8",
-    "CLASSIFIER_MAX_QUEUE_WAIT_MS": "1000",
+    # Long enough that a slow host never sheds a queued request at half capacity; at 3x, the full queue sheds.
+    "CLASSIFIER_MAX_QUEUE_WAIT_MS": "10000",
+    "CLASSIFIER_MAX_LATENCY_MS": "60000",  # batching's budget is not what these tests are about
     "CLASSIFIER_GRACEFUL_TIMEOUT_S": "60",
 }
 
@@ -87,7 +90,7 @@ def worker(server: RunningServer, role: str) -> psutil.Process:
 
 
 def metric(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", timeout=60).text
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
@@ -106,8 +109,9 @@ def test_three_times_capacity_is_shed_with_503_and_latency_recovers(slow_model):
     assert shed_ms[len(shed_ms) // 2] < ok_ms[len(ok_ms) // 2]  # shedding answers sooner than serving
     tail = [o for o in outcomes if o.phase == "recovery" and o.sent_s >= 40]  # the last 10 s of the recovery
     tail_ok = sorted(o.latency_s for o in tail)
-    assert all(o.status == 200 for o in tail), [o for o in tail if o.status != 200][:3]
-    assert tail_ok[len(tail_ok) // 2] <= 3 * normal.p50_ms / 1000, (normal, recovery)
+    assert tail and all(o.status == 200 for o in tail), [o for o in tail if o.status != 200][:3]
+    normal_s = normal.p50_ms / 1000  # back to normal latency, up to scheduling noise on a fast host
+    assert tail_ok[len(tail_ok) // 2] <= max(3 * normal_s, normal_s + 0.5), (normal, recovery)
 
 
 def kill_under_load(server: RunningServer, load: Load, role: str) -> tuple[psutil.Process, float]:
@@ -123,7 +127,9 @@ def _answers(events, after: float | None = None) -> set[tuple[int, str]]:
 
 
 def test_a_killed_model_worker_is_replaced_and_clients_get_503_meanwhile(slow_model):
+    starting = time.monotonic()
     with start(slow_model) as server, Load(server.url, clients=3) as load:
+        startup_s = time.monotonic() - starting
         victim, killed = kill_under_load(server, load, "runner")
         assert load.wait_for(lambda ev: any(e[0] > killed and e[2] == 200 for e in ev), timeout=90), \
             _answers(load.events, killed)
@@ -131,7 +137,7 @@ def test_a_killed_model_worker_is_replaced_and_clients_get_503_meanwhile(slow_mo
         replacement = worker(server, "runner")
     assert replacement.pid != victim.pid
     assert _answers(load.events) <= {(200, ""), (503, "model_unavailable"), (503, "overloaded")}  # never a 500
-    assert back < 60, back  # about 10 s here: the new worker loads the model and warms up
+    assert back < 2 * startup_s + 30, (back, startup_s)  # a new worker loads and warms up as at start-up
 
 
 def test_a_killed_front_worker_is_replaced_and_new_connections_wait_for_it(slow_model):
@@ -142,7 +148,8 @@ def test_a_killed_front_worker_is_replaced_and_new_connections_wait_for_it(slow_
     assert replacement.pid != victim.pid
     in_flight = [e for e in load.events if e[0] < killed < e[1]]
     assert {status for _, _, status, _ in in_flight} <= {0, 200}  # requests on the dead worker lose their connection
-    assert _answers(load.events, after=killed + 0.5) <= {(200, ""), (503, "overloaded")}  # the socket stays open
+    # the socket stays open: once the dead worker's connections are gone (a few seconds on a loaded host)
+    assert _answers(load.events, after=killed + 5) <= {(200, ""), (503, "overloaded")}
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits(slow_model):
@@ -170,30 +177,36 @@ def test_sigterm_finishes_in_flight_requests_then_exits(slow_model):
     assert sum(when > terminated for when, _, _ in answers) >= 4  # really in flight at SIGTERM (and not only one batch)
     assert "SIGTERM: finishing in-flight requests" in log
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{server.url}/livez")
+        httpx.get(f"{server.url}/livez", timeout=60)
+
+
+BIG = [("images", (f"{i}.jpg", PHOTOS[i % len(PHOTOS)], "image/jpeg")) for i in range(32)]
+MAX_BIG_REQUESTS = 8
 
 
 def test_past_the_graceful_timeout_the_server_exits_anyway(slow_model):
     env = {"CLASSIFIER_GRACEFUL_TIMEOUT_S": "1", "CLASSIFIER_MAX_QUEUE_WAIT_MS": "500", "CLASSIFIER_MAX_IMAGES": "32",
-           "CLASSIFIER_MAX_INFLIGHT_IMAGES": "96"}
+           "CLASSIFIER_MAX_INFLIGHT_IMAGES": str(32 * MAX_BIG_REQUESTS)}
     with start(slow_model, **env) as server:
+        # Enough work for at least 8 s at this host's measured speed, 8 times the graceful timeout.
+        one_s = time.monotonic()
+        assert httpx.post(f"{server.url}/v1/predict/batch", files=BIG, timeout=120).status_code == 200
+        one_s = time.monotonic() - one_s
+        requests = min(MAX_BIG_REQUESTS, max(3, math.ceil(8 / one_s)))
         answers: list[int] = []
-        started = threading.Event()
 
-        def big_request() -> None:  # 32 images: several seconds of model time on a CPU
-            files = [("images", (f"{i}.jpg", PHOTOS[i % len(PHOTOS)], "image/jpeg")) for i in range(32)]
-            started.set()
+        def big_request() -> None:
             try:
-                answers.append(httpx.post(f"{server.url}/v1/predict/batch", files=files, timeout=120).status_code)
+                answers.append(httpx.post(f"{server.url}/v1/predict/batch", files=BIG, timeout=120).status_code)
             except httpx.HTTPError:
                 answers.append(0)
 
-        clients = [threading.Thread(target=big_request) for _ in range(3)]
+        clients = [threading.Thread(target=big_request) for _ in range(requests)]
         for t in clients:
             t.start()
-        started.wait(timeout=30)
-        deadline = time.monotonic() + 30
-        while metric(server.url, "image_classifier_admitted_images") < 96 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while metric(server.url, "image_classifier_admitted_images") < 32 * requests:
+            assert time.monotonic() < deadline, "the requests were never all admitted"
             time.sleep(0.05)
         server.process.send_signal(signal.SIGTERM)
         terminated = time.monotonic()
@@ -203,5 +216,5 @@ def test_past_the_graceful_timeout_the_server_exits_anyway(slow_model):
             t.join(timeout=120)
         log = server.log.read_text()
     assert "graceful shutdown took over 1 s" in log
-    assert answers.count(200) < 3, answers  # the work that could not finish in time was cut off
+    assert answers.count(200) < requests, (answers, one_s)  # the work that could not finish in time was cut off
     assert exited_after < 30  # the timeout (1 s) and the forced exit (5 s later at most), with a margin

@@ -29,4 +29,4 @@ def test_trained_model_is_served(tmp_path):
                                 "--epochs", "1", "--workers", "0", "--output", str(tmp_path / "out2")))
         assert newer != tag
         again = httpx.post(f"{url}/v1/predict", files={"image": ("h.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes())}, timeout=60)
-        assert again.json()["model"] == tag and httpx.get(f"{url}/v1/model").json()["tag"] == tag
+        assert again.json()["model"] == tag and httpx.get(f"{url}/v1/model", timeout=60).json()["tag"] == tag

@@ -53,7 +53,7 @@ def test_offline_fails_fast_with_one_line_that_says_what_to_do(tmp_path):
     start = time.perf_counter()
     with pytest.raises(TrainingError) as info:
         fetch_cats_and_dogs(tmp_path, url="http://127.0.0.1:9/cats_and_dogs_filtered.zip")
-    assert time.perf_counter() - start < 10
+    assert time.perf_counter() - start < 60  # a refused connection fails at once; this only catches retry loops
     assert "--data DIR" in str(info.value) and "\n" not in str(info.value)
     assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob("*.zip"))
 
