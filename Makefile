@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (see README):
 #   make run [DATA=folder] [WEIGHTS=DEFAULT|none|path]   set up, train, then serve
 #   make test                                            set up, run the test suite
+#   make lint                                            ruff (lint, format) and mypy, as CI runs them
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ WEIGHTS ?= DEFAULT
 TRAIN_ARGS ?=
 PORT ?= 3000
 
-.PHONY: setup run train test bento docker-context docker clean
+.PHONY: setup run train test lint bento docker-context docker clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,11 @@ docker: docker-context
 
 test: setup
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs build

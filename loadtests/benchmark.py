@@ -29,15 +29,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from classifier.contract import ContractError
+from classifier.engines import ENGINES, exportable_engines
 from loadtests.results import Level, median_engines, median_level, plot, table, write_csv
 from loadtests.servers import REPO, serve
 from loadtests.sweep import sweep
 from loadtests.traffic import PHOTOS, photo_files
-from service.contract import ContractError
-from service.model_store import describe_model
 
 logger = logging.getLogger(__name__)
 SHARED_PHOTOS = REPO.parent / "shared" / "data" / "hymenoptera_data"
+# Our service is measured with each engine that runs a graph of its own on the CPU (the registry's).
+CPU_GRAPH_ENGINES = tuple(name for name in exportable_engines() if "cpu" in ENGINES[name].devices)
 
 
 @dataclass(frozen=True)
@@ -50,38 +52,87 @@ class Contender:
 
 
 def contenders(model: str, engines: list[str]) -> list[Contender]:
-    ours = [Contender(f"ours ({engine})", "service.service:ImageClassifier", "/v1/predict", "image",
-                      {"CLASSIFIER_MODEL_TAG": model, "CLASSIFIER_ENGINE": engine}) for engine in engines]
-    reference = Contender("reference", "loadtests.reference_service:ReferenceClassifier", "/classify", "images",
-                          {"REFERENCE_MODEL_TAG": model})
+    ours = [
+        Contender(
+            f"ours ({engine})",
+            "service.service:ImageClassifier",
+            "/v1/predict",
+            "image",
+            {"CLASSIFIER_MODEL_TAG": model, "CLASSIFIER_ENGINE": engine},
+        )
+        for engine in engines
+    ]
+    reference = Contender(
+        "reference",
+        "loadtests.reference_service:ReferenceClassifier",
+        "/classify",
+        "images",
+        {"REFERENCE_MODEL_TAG": model},
+    )
     return [*ours, reference]
 
 
 def engine_speeds(model: str, photos: Path, batch_sizes: str, seconds: float, path: Path) -> dict:
     """Run loadtests.engine_bench in a child process, so nothing else shares this process's threads."""
-    subprocess.run([sys.executable, "-m", "loadtests.engine_bench", "--model", model, "--photos", str(photos),
-                    "--batch-sizes", batch_sizes, "--seconds", str(seconds), "--out", str(path)],
-                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.engine_bench",
+            "--model",
+            model,
+            "--photos",
+            str(photos),
+            "--batch-sizes",
+            batch_sizes,
+            "--seconds",
+            str(seconds),
+            "--out",
+            str(path),
+        ],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return json.loads(path.read_text())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtests.benchmark", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="transfer-classifier:latest", help="BentoML model tag (trained at 224 px for "
-                   "the README's figures)")
-    p.add_argument("--photos", type=Path, default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else PHOTOS,
-                   help="photos to send (default: ../shared/data/hymenoptera_data if present, else loadtests/photos)")
-    p.add_argument("--sizes", default="", help="longest sides to re-encode every photo at, comma-separated, e.g. "
-                   "100,320,640,1280,2048 for phone-photo sizes (default: none, the photos as they are)")
-    p.add_argument("--engines", default="onnx,onnx-int8", help="our service's engines to measure, comma-separated")
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.benchmark",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default="transfer-classifier:latest",
+        help="BentoML model tag (trained at 224 px for the README's figures)",
+    )
+    p.add_argument(
+        "--photos",
+        type=Path,
+        default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else PHOTOS,
+        help="photos to send (default: ../shared/data/hymenoptera_data if present, else loadtests/photos)",
+    )
+    p.add_argument(
+        "--sizes",
+        default="",
+        help="longest sides to re-encode every photo at, comma-separated, e.g. "
+        "100,320,640,1280,2048 for phone-photo sizes (default: none, the photos as they are)",
+    )
+    p.add_argument(
+        "--engines",
+        default=",".join(CPU_GRAPH_ENGINES),
+        help="our service's engines to measure, comma-separated (from the engine registry)",
+    )
     p.add_argument("--concurrency", default="8,16,32", help="concurrent clients, comma-separated")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each measuring everything once; medians are reported")
     p.add_argument("--batch-sizes", default="1,4,8,16", help="raw engine batch sizes (the served ones)")
     p.add_argument("--engine-seconds", type=float, default=3.0, help="seconds per raw engine and batch size, per round")
     p.add_argument("--warm-up", type=float, default=5.0, help="seconds of load before each measurement")
-    p.add_argument("--duration", type=float, default=15.0, help="seconds measured per contender and concurrency, "
-                   "per round")
+    p.add_argument(
+        "--duration", type=float, default=15.0, help="seconds measured per contender and concurrency, per round"
+    )
     p.add_argument("--max-batch-size", type=int, default=16, help="every service's largest batch")
     p.add_argument("--out", type=Path, default=Path("loadtests/results"), help="folder for the results")
     return p
@@ -99,17 +150,31 @@ def measure(args: argparse.Namespace, model: str) -> tuple[list[dict], dict[str,
         servers = []
         for contender in contenders(model, args.engines.split(",")):
             logger.info("%s: starting %s", contender.name, contender.target)
-            servers.append((contender, stack.enter_context(serve({**batching, **contender.env}, target=contender.target))))
+            servers.append(
+                (contender, stack.enter_context(serve({**batching, **contender.env}, target=contender.target)))
+            )
         for r in range(1, args.rounds + 1):
             logger.info("round %d of %d: raw engines on %s ...", r, args.rounds, args.photos)
-            engine_runs.append(engine_speeds(model, args.photos, args.batch_sizes, args.engine_seconds,
-                                             scratch / f"engines-{r}.json"))
+            engine_runs.append(
+                engine_speeds(model, args.photos, args.batch_sizes, args.engine_seconds, scratch / f"engines-{r}.json")
+            )
             for users in levels:
                 for contender, url in servers:
                     logger.info("round %d: %s", r, contender.name)
-                    (level,) = sweep(url, [users], user_class="PhotoUser", warm_up=args.warm_up, duration=args.duration,
-                                     max_requests=10**6, options={"photos": str(args.photos), "photo_sizes": args.sizes,
-                                                                  "endpoint": contender.endpoint, "field": contender.field})
+                    (level,) = sweep(
+                        url,
+                        [users],
+                        user_class="PhotoUser",
+                        warm_up=args.warm_up,
+                        duration=args.duration,
+                        max_requests=10**6,
+                        options={
+                            "photos": str(args.photos),
+                            "photo_sizes": args.sizes,
+                            "endpoint": contender.endpoint,
+                            "field": contender.field,
+                        },
+                    )
                     runs[contender.name][users].append(level)
     return engine_runs, runs
 
@@ -121,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --rounds must be at least 1")
     photo_files(args.photos)
     args.out.mkdir(parents=True, exist_ok=True)
+    from classifier.store import describe_model  # torch: only once locust's gevent has patched the stdlib
+
     try:
         model = describe_model(args.model).tag  # one version for every contender and round
     except ContractError as exc:
@@ -132,16 +199,29 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(results, args.out / "benchmark.csv")
     sizes = f"photos at {args.sizes} px" if args.sizes else "photos as they are"
     plot(results, args.out / "benchmark.png", f"{model} on this machine, one photo per request, {sizes}")
-    report = (f"Load: one photo per request, {sizes}, from {args.photos}. Medians of {args.rounds} interleaved "
-              f"rounds.\n\n{text}\n\n" + "\n".join(targets) + "\n")
+    report = (
+        f"Load: one photo per request, {sizes}, from {args.photos}. Medians of {args.rounds} interleaved "
+        f"rounds.\n\n{text}\n\n" + "\n".join(targets) + "\n"
+    )
     (args.out / "benchmark.md").write_text(report)
     (args.out / "engines.json").write_text(json.dumps(engines, indent=2) + "\n")
-    (args.out / "benchmark.json").write_text(json.dumps({
-        "engines": engines, "services": {name: [vars(lv) for lv in levels] for name, levels in results.items()},
-        "rounds": {"engines": [r["images_per_s"] for r in engine_runs],
-                   "services": {name: {users: [vars(lv) for lv in rounds] for users, rounds in per_level.items()}
-                                for name, per_level in runs.items()}},
-    }, indent=2) + "\n")
+    (args.out / "benchmark.json").write_text(
+        json.dumps(
+            {
+                "engines": engines,
+                "services": {name: [vars(lv) for lv in levels] for name, levels in results.items()},
+                "rounds": {
+                    "engines": [r["images_per_s"] for r in engine_runs],
+                    "services": {
+                        name: {users: [vars(lv) for lv in rounds] for users, rounds in per_level.items()}
+                        for name, per_level in runs.items()
+                    },
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(report)
     return 0
 

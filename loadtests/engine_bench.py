@@ -30,45 +30,65 @@ def images_per_second(engine, batch: np.ndarray, seconds: float) -> float:
     return done / elapsed
 
 
-def run(model_tag: str, photos: Path, batch_sizes: list[int], seconds: float, threads: int = 0,
-        device: str = "cpu", compile_model: bool = False) -> dict:
+def run(
+    model_tag: str,
+    photos: Path,
+    batch_sizes: list[int],
+    seconds: float,
+    threads: int = 0,
+    device: str = "cpu",
+    compile_model: bool = False,
+) -> dict:
     """Images/s per engine and batch size; on a GPU the torch engine (compiled if asked) and batched JPEG decoding."""
-    from service.engine import cpu_threads, make_engine, pick_device
-    from service.model_store import describe_model
-    from service.preprocessing import prepare_image
+    from classifier.device import cpu_threads, pick_device
+    from classifier.engines import ENGINES, make_engine
+    from classifier.preprocessing import prepare_image
+    from classifier.store import describe_model
 
     model = describe_model(model_tag)
     files = photo_files(photos)
     images = np.stack([prepare_image(p.read_bytes(), model.contract).numpy() for p in files])
     threads = cpu_threads(threads, workers=1)
     target = pick_device(device)
-    names = model.engines if target.type == "cpu" else ("torch",)
-    engines = {name: make_engine(model, name, target, threads=threads,
-                                 compile_max_batch=max(batch_sizes) if compile_model else 0) for name in names}
+    names = [name for name in model.engines if target.type in ENGINES[name].devices]
+    engines = {
+        name: make_engine(
+            model, name, target, threads=threads, compile_max_batch=max(batch_sizes) if compile_model else 0
+        )
+        for name in names
+    }
     for engine in engines.values():
         engine.warm_up()
-    result: dict = {"model": model.tag, "device": str(target), "threads": threads, "photos": len(images), "images_per_s": {}}
+    result: dict = {
+        "model": model.tag,
+        "device": str(target),
+        "threads": threads,
+        "photos": len(images),
+        "images_per_s": {},
+    }
     for name, engine in engines.items():
         result["images_per_s"][name] = {}
         for size in batch_sizes:
             batch = images[np.arange(size) % len(images)]
             result["images_per_s"][name][str(size)] = round(images_per_second(engine, batch, seconds), 2)
-            print(f"{name:>10} batch {size:>3}: {result['images_per_s'][name][str(size)]:7.2f} images/s", file=sys.stderr)
+            print(
+                f"{name:>10} batch {size:>3}: {result['images_per_s'][name][str(size)]:7.2f} images/s", file=sys.stderr
+            )
     if target.type == "cuda":
-        result["gpu_jpeg_decode_images_per_s"] = _jpeg_decode_speed(files, model.contract, target, max(batch_sizes), seconds)
-    if "onnx-int8" in engines:
-        from training.onnx_export import predict_in_batches
-
-        fp32, int8 = predict_in_batches(engines["onnx"], images), predict_in_batches(engines["onnx-int8"], images)
+        result["gpu_jpeg_decode_images_per_s"] = _jpeg_decode_speed(
+            files, model.contract, target, max(batch_sizes), seconds
+        )
+    if "onnx-int8" in engines and "onnx" in engines:
+        fp32, int8 = engines["onnx"].predict(images), engines["onnx-int8"].predict(images)
         result["int8_top1_agreement"] = float((fp32.argmax(1) == int8.argmax(1)).mean())
     return result
 
 
 def _jpeg_decode_speed(files: list[Path], contract, device, batch_size: int, seconds: float) -> float:
-    """Images/s of service.jpeg_batch.decode_batch (decode + resize + crop on the device) on plain JPEGs."""
+    """Images/s of classifier.jpeg_batch.decode_batch (decode + resize + crop on the device) on plain JPEGs."""
     import torch
 
-    from service.jpeg_batch import batch_decodable, decode_batch
+    from classifier.jpeg_batch import batch_decodable, decode_batch
 
     datas = [p.read_bytes() for p in files if batch_decodable(p.read_bytes(), 10**9)][:batch_size]
 
@@ -82,20 +102,33 @@ def _jpeg_decode_speed(files: list[Path], contract, device, batch_size: int, sec
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.engine_bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.engine_bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", default="transfer-classifier:latest", help="BentoML model tag")
     p.add_argument("--photos", type=Path, default=PHOTOS, help="folder of photos to preprocess and run")
     p.add_argument("--batch-sizes", default="1,4,8,16", help="batch sizes, comma-separated")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds measured per engine and batch size")
     p.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores, as one model worker)")
-    p.add_argument("--device", default="cpu", help="cpu (every engine the model has), or cuda[:N] (torch, and batched "
-                   "JPEG decoding)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (every engine the model has), or cuda[:N] (torch, and batched JPEG decoding)",
+    )
     p.add_argument("--compile", action="store_true", help="GPU: torch.compile the torch engine for the batch sizes")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    result = run(args.model, args.photos, [int(b) for b in args.batch_sizes.split(",")], args.seconds, args.threads,
-                 args.device, args.compile)
+    result = run(
+        args.model,
+        args.photos,
+        [int(b) for b in args.batch_sizes.split(",")],
+        args.seconds,
+        args.threads,
+        args.device,
+        args.compile,
+    )
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

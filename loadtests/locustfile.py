@@ -19,27 +19,58 @@ from locust import FastHttpUser, constant, events, task
 
 from loadtests.traffic import DEFAULT_SIZES, PHOTOS, Payload, Traffic, photo_files, photo_traffic, realistic_traffic
 
-DEFAULTS = {"photos": str(PHOTOS), "sizes": ",".join(map(str, DEFAULT_SIZES)), "batch_share": 0.2, "batch_images": 4,
-            "malformed_share": 0.05, "endpoint": "/v1/predict", "field": "image", "photo_sizes": "", "seed": None}
+DEFAULTS = {
+    "photos": str(PHOTOS),
+    "sizes": ",".join(map(str, DEFAULT_SIZES)),
+    "batch_share": 0.2,
+    "batch_images": 4,
+    "malformed_share": 0.05,
+    "endpoint": "/v1/predict",
+    "field": "image",
+    "photo_sizes": "",
+    "seed": None,
+}
 
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
     group = parser.add_argument_group("image classifier traffic")
-    group.add_argument("--photos", default=DEFAULTS["photos"], help="folder of real photos to send (default: loadtests/photos)")
-    group.add_argument("--sizes", default=DEFAULTS["sizes"], help="longest sides ClassifierUser re-encodes each photo at "
-                       f"(default: {DEFAULTS['sizes']})")
-    group.add_argument("--batch-share", type=float, default=DEFAULTS["batch_share"],
-                       help="share of multi-image requests (default: 0.2)")
-    group.add_argument("--batch-images", type=int, default=DEFAULTS["batch_images"], help="images per multi-image request (default: 4)")
-    group.add_argument("--malformed-share", type=float, default=DEFAULTS["malformed_share"],
-                       help="share of malformed requests, each expecting its 4xx (default: 0.05)")
+    group.add_argument(
+        "--photos", default=DEFAULTS["photos"], help="folder of real photos to send (default: loadtests/photos)"
+    )
+    group.add_argument(
+        "--sizes",
+        default=DEFAULTS["sizes"],
+        help=f"longest sides ClassifierUser re-encodes each photo at (default: {DEFAULTS['sizes']})",
+    )
+    group.add_argument(
+        "--batch-share",
+        type=float,
+        default=DEFAULTS["batch_share"],
+        help="share of multi-image requests (default: 0.2)",
+    )
+    group.add_argument(
+        "--batch-images", type=int, default=DEFAULTS["batch_images"], help="images per multi-image request (default: 4)"
+    )
+    group.add_argument(
+        "--malformed-share",
+        type=float,
+        default=DEFAULTS["malformed_share"],
+        help="share of malformed requests, each expecting its 4xx (default: 0.05)",
+    )
     group.add_argument("--endpoint", default=DEFAULTS["endpoint"], help="PhotoUser's endpoint (default: /v1/predict)")
     group.add_argument("--field", default=DEFAULTS["field"], help="PhotoUser's multipart field (default: image)")
-    group.add_argument("--photo-sizes", default=DEFAULTS["photo_sizes"], help="longest sides PhotoUser re-encodes each "
-                       "photo at, comma-separated (default: none, each photo as it is)")
-    group.add_argument("--seed", type=int, default=DEFAULTS["seed"],
-                       help="seed of the users' request choices, for a repeatable mix (default: none, random)")
+    group.add_argument(
+        "--photo-sizes",
+        default=DEFAULTS["photo_sizes"],
+        help="longest sides PhotoUser re-encodes each photo at, comma-separated (default: none, each photo as it is)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULTS["seed"],
+        help="seed of the users' request choices, for a repeatable mix (default: none, random)",
+    )
 
 
 def option(environment, name: str):
@@ -49,8 +80,13 @@ def option(environment, name: str):
 
 @functools.cache
 def _realistic(photos: str, sizes: str, batch_images: int, batch_share: float, malformed_share: float) -> Traffic:
-    return realistic_traffic(photo_files(Path(photos)), sizes=_sizes(sizes),
-                             batch_images=batch_images, batch_share=batch_share, malformed_share=malformed_share)
+    return realistic_traffic(
+        photo_files(Path(photos)),
+        sizes=_sizes(sizes),
+        batch_images=batch_images,
+        batch_share=batch_share,
+        malformed_share=malformed_share,
+    )
 
 
 @functools.cache
@@ -59,7 +95,7 @@ def _photos(photos: str, field: str, sizes: str) -> Traffic:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    """"100,640" -> (100, 640); "" -> ()."""
+    """ "100,640" -> (100, 640); "" -> ()."""
     return tuple(int(s) for s in text.split(",") if s.strip())
 
 
@@ -74,8 +110,14 @@ class _Sender(FastHttpUser):
 
     def send(self, path: str, payload: Payload) -> None:
         """POST ``payload``; a success is exactly the status (and error reason) it expects."""
-        with self.client.post(path, data=payload.body, headers={"Content-Type": payload.content_type},
-                              name=payload.label, catch_response=True, context={"images": payload.images}) as response:
+        with self.client.post(
+            path,
+            data=payload.body,
+            headers={"Content-Type": payload.content_type},
+            name=payload.label,
+            catch_response=True,
+            context={"images": payload.images},
+        ) as response:
             if response.status_code != payload.status:
                 response.failure(f"HTTP {response.status_code}, expected {payload.status}: {response.text[:200]}")
             elif payload.reason is not None and _reason(response) != payload.reason:
@@ -97,8 +139,13 @@ class ClassifierUser(_Sender):
     def on_start(self) -> None:
         super().on_start()
         env = self.environment
-        self.traffic = _realistic(option(env, "photos"), option(env, "sizes"), option(env, "batch_images"),
-                                  option(env, "batch_share"), option(env, "malformed_share"))
+        self.traffic = _realistic(
+            option(env, "photos"),
+            option(env, "sizes"),
+            option(env, "batch_images"),
+            option(env, "batch_share"),
+            option(env, "malformed_share"),
+        )
 
     @task
     def classify(self) -> None:

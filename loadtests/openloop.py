@@ -80,8 +80,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-tag", default="transfer-classifier:latest", help="model of the server started")
     parser.add_argument("--capacity", type=float, default=0.0, help="requests/s the server sustains; 0: measure it")
     parser.add_argument("--capacity-seconds", type=float, default=20.0, help="length of the capacity measurement")
-    parser.add_argument("--client-timeout", type=float, default=150.0,
-                        help="seconds without an answer that count as hung")
+    parser.add_argument(
+        "--client-timeout", type=float, default=150.0, help="seconds without an answer that count as hung"
+    )
     parser.add_argument("--photos", type=Path, default=REPO / "loadtests" / "photos", help="JPEGs to send")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
     parser.add_argument("--out", type=Path, default=REPO / "loadtests" / "results", help="folder for the results")
@@ -114,11 +115,20 @@ async def _one(client: httpx.AsyncClient, url: str, body: bytes, phase: str, sta
             reason = response.json()["error"]["reason"]
         except (ValueError, KeyError, TypeError):
             reason = response.text[:80]
-    return Outcome(phase, sent - start, time.monotonic() - sent, response.status_code, "", reason,
-                   response.headers.get("retry-after", ""))
+    return Outcome(
+        phase,
+        sent - start,
+        time.monotonic() - sent,
+        response.status_code,
+        "",
+        reason,
+        response.headers.get("retry-after", ""),
+    )
 
 
-async def _offer(url: str, phases: Sequence[Phase], bodies: Sequence[bytes], timeout: float, seed: int) -> list[Outcome]:
+async def _offer(
+    url: str, phases: Sequence[Phase], bodies: Sequence[bytes], timeout: float, seed: int
+) -> list[Outcome]:
     rng, photos = random.Random(seed), itertools.cycle(bodies)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     async with httpx.AsyncClient(limits=limits) as client:
@@ -132,12 +142,16 @@ async def _offer(url: str, phases: Sequence[Phase], bodies: Sequence[bytes], tim
                 if due >= phase_start + phase.seconds:
                     break
                 await asyncio.sleep(max(0.0, due - (time.monotonic() - start)))
-                tasks.append(asyncio.create_task(_one(client, f"{url}/v1/predict", next(photos), phase.name, start, timeout)))
+                tasks.append(
+                    asyncio.create_task(_one(client, f"{url}/v1/predict", next(photos), phase.name, start, timeout))
+                )
             phase_start += phase.seconds
         return list(await asyncio.gather(*tasks))
 
 
-def offer(url: str, phases: Sequence[Phase], bodies: Sequence[bytes], *, timeout: float = 150, seed: int = 0) -> list[Outcome]:
+def offer(
+    url: str, phases: Sequence[Phase], bodies: Sequence[bytes], *, timeout: float = 150, seed: int = 0
+) -> list[Outcome]:
     """Send single-image requests to /v1/predict at each phase's rate in turn; one Outcome per request."""
     check_local(url)
     return asyncio.run(_offer(url, phases, bodies, timeout, seed))
@@ -152,8 +166,9 @@ def measure_capacity(url: str, bodies: Sequence[bytes], *, clients: int = 16, se
         for body in itertools.islice(itertools.cycle(bodies), offset, None):
             if time.monotonic() >= deadline:
                 return done
-            response = await client.post(f"{url}/v1/predict", content=body, headers={"content-type": "image/jpeg"},
-                                         timeout=150)
+            response = await client.post(
+                f"{url}/v1/predict", content=body, headers={"content-type": "image/jpeg"}, timeout=150
+            )
             done += response.status_code == 200
         return done
 
@@ -176,12 +191,22 @@ def summarize(outcomes: Sequence[Outcome], phases: Sequence[Phase]) -> list[Phas
         shed_ms = np.array([o.latency_s for o in shed] or [np.nan]) * 1000
         no_answer = sum(o.status == 0 for o in mine)
         n_ok = sum(o.status == 200 for o in mine)
-        summaries.append(PhaseSummary(
-            phase=phase.name, offered_per_s=phase.rate, sent=len(mine), ok=n_ok, shed=len(shed),
-            other=len(mine) - n_ok - len(shed) - no_answer, no_answer=no_answer, ok_per_s=n_ok / phase.seconds,
-            p50_ms=float(np.percentile(ok, 50)), p99_ms=float(np.percentile(ok, 99)), max_ms=float(np.max(ok)),
-            shed_p99_ms=float(np.percentile(shed_ms, 99)),
-        ))
+        summaries.append(
+            PhaseSummary(
+                phase=phase.name,
+                offered_per_s=phase.rate,
+                sent=len(mine),
+                ok=n_ok,
+                shed=len(shed),
+                other=len(mine) - n_ok - len(shed) - no_answer,
+                no_answer=no_answer,
+                ok_per_s=n_ok / phase.seconds,
+                p50_ms=float(np.percentile(ok, 50)),
+                p99_ms=float(np.percentile(ok, 99)),
+                max_ms=float(np.max(ok)),
+                shed_p99_ms=float(np.percentile(shed_ms, 99)),
+            )
+        )
     return summaries
 
 
@@ -194,11 +219,15 @@ def timeline(outcomes: Sequence[Outcome], window_s: float = 1.0) -> list[dict]:
     for k in range(int(end // window_s) + 1):
         mine = [o for o in outcomes if k * window_s <= o.sent_s < (k + 1) * window_s]
         ok = [o.latency_s * 1000 for o in mine if o.status == 200]
-        rows.append({
-            "t_s": k * window_s, "sent": len(mine), "ok": len(ok), "shed": sum(o.status == 503 for o in mine),
-            "other": sum(o.status not in (200, 503) for o in mine),
-            "p50_ms": float(np.percentile(ok, 50)) if ok else float("nan"),
-            "p99_ms": float(np.percentile(ok, 99)) if ok else float("nan"),
-        })
+        rows.append(
+            {
+                "t_s": k * window_s,
+                "sent": len(mine),
+                "ok": len(ok),
+                "shed": sum(o.status == 503 for o in mine),
+                "other": sum(o.status not in (200, 503) for o in mine),
+                "p50_ms": float(np.percentile(ok, 50)) if ok else float("nan"),
+                "p99_ms": float(np.percentile(ok, 99)) if ok else float("nan"),
+            }
+        )
     return rows
-

@@ -38,8 +38,9 @@ logger = logging.getLogger("loadtests.overload")
 RECOVERED_P50_RATIO = 1.5  # "normal latency": a window's p50 within 1.5x the p50 before the overload
 
 
-def recovery_seconds(outcomes: Sequence[Outcome], baseline_p50_s: float, overload_end_s: float,
-                     window_s: float = 5.0) -> float | None:
+def recovery_seconds(
+    outcomes: Sequence[Outcome], baseline_p50_s: float, overload_end_s: float, window_s: float = 5.0
+) -> float | None:
     """Seconds after the overload ended from which every window of the rest of the run has no 503 and a
     p50 within RECOVERED_P50_RATIO of ``baseline_p50_s``; None if that never happens."""
     after = [o for o in outcomes if o.sent_s >= overload_end_s]
@@ -50,7 +51,9 @@ def recovery_seconds(outcomes: Sequence[Outcome], baseline_p50_s: float, overloa
     def normal(k: int) -> bool:
         mine = [o for o in after if k <= (o.sent_s - overload_end_s) / window_s < k + 1]
         ok = sorted(o.latency_s for o in mine if o.status == 200)
-        return all(o.status == 200 for o in mine) and (not ok or ok[len(ok) // 2] <= RECOVERED_P50_RATIO * baseline_p50_s)
+        return all(o.status == 200 for o in mine) and (
+            not ok or ok[len(ok) // 2] <= RECOVERED_P50_RATIO * baseline_p50_s
+        )
 
     good = [normal(k) for k in range(windows)]
     return next((k * window_s for k in range(windows) if all(good[k:])), None)
@@ -90,13 +93,20 @@ def plot(rows: list[dict], phases: Sequence[Phase], path: Path) -> None:
 def run(url: str, args: argparse.Namespace) -> dict:
     """Measure (or take) capacity, run the three phases, and return the summary."""
     bodies = photo_bodies(args.photos)
-    capacity = args.capacity or measure_capacity(url, bodies, clients=args.capacity_clients,
-                                                 seconds=args.capacity_seconds)
+    capacity = args.capacity or measure_capacity(
+        url, bodies, clients=args.capacity_clients, seconds=args.capacity_seconds
+    )
     normal = capacity * args.normal_share
-    phases = [Phase("normal", args.normal_seconds, normal),
-              Phase("overload", args.overload_seconds, capacity * args.overload_factor),
-              Phase("recovery", args.recovery_seconds, normal)]
-    logger.info("capacity %.1f req/s; phases: %s", capacity, ", ".join(f"{p.name} {p.rate:.1f}/s for {p.seconds:g} s" for p in phases))
+    phases = [
+        Phase("normal", args.normal_seconds, normal),
+        Phase("overload", args.overload_seconds, capacity * args.overload_factor),
+        Phase("recovery", args.recovery_seconds, normal),
+    ]
+    logger.info(
+        "capacity %.1f req/s; phases: %s",
+        capacity,
+        ", ".join(f"{p.name} {p.rate:.1f}/s for {p.seconds:g} s" for p in phases),
+    )
     outcomes = offer(url, phases, bodies, timeout=args.client_timeout, seed=args.seed)
     summaries = summarize(outcomes, phases)
     baseline_p50_s = summaries[0].p50_ms / 1000
@@ -108,9 +118,11 @@ def run(url: str, args: argparse.Namespace) -> dict:
         f.writelines(",".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()) + "\n" for r in rows)
     plot(rows, phases, args.out / "overload.png")
     summary = {
-        "capacity_req_per_s": round(capacity, 2), "phases": [asdict(s) for s in summaries],
+        "capacity_req_per_s": round(capacity, 2),
+        "phases": [asdict(s) for s in summaries],
         "answered_all": all(s.other == 0 and s.no_answer == 0 for s in summaries),
-        "recovery_s": recovered, "recovered_p50_ratio": RECOVERED_P50_RATIO,
+        "recovery_s": recovered,
+        "recovered_p50_ratio": RECOVERED_P50_RATIO,
     }
     (args.out / "overload.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     return summary
@@ -121,22 +133,33 @@ def _fmt(value: float) -> str:
 
 
 def report(summary: dict) -> str:
-    lines = [f"capacity {summary['capacity_req_per_s']} req/s",
-             "phase     offered/s  sent    200   503  other  no-answer  200/s  p50 ms  p99 ms  max ms  503 p99 ms"]
+    lines = [
+        f"capacity {summary['capacity_req_per_s']} req/s",
+        "phase     offered/s  sent    200   503  other  no-answer  200/s  p50 ms  p99 ms  max ms  503 p99 ms",
+    ]
     for s in summary["phases"]:
-        lines.append(f"{s['phase']:<9} {s['offered_per_s']:>9.1f} {s['sent']:>5} {s['ok']:>6} {s['shed']:>5} "
-                     f"{s['other']:>6} {s['no_answer']:>10} {s['ok_per_s']:>6.1f} {_fmt(s['p50_ms']):>7} "
-                     f"{_fmt(s['p99_ms']):>7} {_fmt(s['max_ms']):>7} {_fmt(s['shed_p99_ms']):>11}")
+        lines.append(
+            f"{s['phase']:<9} {s['offered_per_s']:>9.1f} {s['sent']:>5} {s['ok']:>6} {s['shed']:>5} "
+            f"{s['other']:>6} {s['no_answer']:>10} {s['ok_per_s']:>6.1f} {_fmt(s['p50_ms']):>7} "
+            f"{_fmt(s['p99_ms']):>7} {_fmt(s['max_ms']):>7} {_fmt(s['shed_p99_ms']):>11}"
+        )
     recovered = summary["recovery_s"]
-    lines.append("every request answered (200 or 503 with Retry-After): " + ("yes" if summary["answered_all"] else "NO"))
-    lines.append(f"back to normal latency (p50 <= {summary['recovered_p50_ratio']}x before, no 503): "
-                 + (f"{recovered:.0f} s after the overload ended" if recovered is not None else "NO"))
+    lines.append(
+        "every request answered (200 or 503 with Retry-After): " + ("yes" if summary["answered_all"] else "NO")
+    )
+    lines.append(
+        f"back to normal latency (p50 <= {summary['recovered_p50_ratio']}x before, no 503): "
+        + (f"{recovered:.0f} s after the overload ended" if recovered is not None else "NO")
+    )
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtests.overload", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.overload",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--url", help="a running server (localhost only); default: start one on --model-tag")
     p.add_argument("--capacity-clients", type=int, default=16, help="closed-loop clients when measuring capacity")
     p.add_argument("--normal-share", type=float, default=0.5, help="normal load as a share of capacity")

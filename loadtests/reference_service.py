@@ -17,7 +17,7 @@ import torch
 from PIL.Image import Image
 from torchvision import transforms
 
-from service.model_store import load_model
+from classifier.store import load_model
 
 MAX_BATCH_SIZE = int(os.environ.get("CLASSIFIER_MAX_BATCH_SIZE", "16"))
 MAX_LATENCY_MS = int(os.environ.get("CLASSIFIER_MAX_LATENCY_MS", "10000"))
@@ -30,10 +30,14 @@ class ReferenceClassifier:
         c = loaded.contract
         self.classes = c.class_names
         self.model = loaded.network.eval()
-        self.transform = transforms.Compose([
-            transforms.Resize(c.resize_size), transforms.CenterCrop(c.image_size), transforms.ToTensor(),
-            transforms.Normalize(c.mean, c.std),
-        ])
+        self.transform = transforms.Compose(
+            [
+                transforms.Resize(c.resize_size),
+                transforms.CenterCrop(c.image_size),
+                transforms.ToTensor(),
+                transforms.Normalize(c.mean, c.std),
+            ]
+        )
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def classify(self, images: list[Image]) -> list[dict]:
@@ -41,4 +45,6 @@ class ReferenceClassifier:
         with torch.inference_mode():
             probs = self.model(batch).softmax(dim=1)
         best = probs.max(dim=1)
-        return [{"label": self.classes[i], "probability": float(p)} for p, i in zip(best.values, best.indices)]
+        return [
+            {"label": self.classes[i], "probability": float(p)} for p, i in zip(best.values, best.indices, strict=True)
+        ]

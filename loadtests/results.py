@@ -42,7 +42,9 @@ class Recorder:
         self.images = 0
         self.failures: list[str] = []
 
-    def on_request(self, response_time: float, exception: BaseException | None, context: dict | None = None, **_) -> None:
+    def on_request(
+        self, response_time: float, exception: BaseException | None, context: dict | None = None, **_
+    ) -> None:
         self.latencies.append(response_time)
         if exception is None:
             self.images += (context or {}).get("images", 1)
@@ -52,9 +54,15 @@ class Recorder:
     def level(self, users: int, seconds: float) -> Level:
         times = np.asarray(self.latencies or [np.nan])
         return Level(
-            users=users, seconds=round(seconds, 2), requests=len(self.latencies), failures=len(self.failures),
-            images_per_s=self.images / seconds, requests_per_s=(len(self.latencies) - len(self.failures)) / seconds,
-            p50_ms=float(np.percentile(times, 50)), p99_ms=float(np.percentile(times, 99)), max_ms=float(times.max()),
+            users=users,
+            seconds=round(seconds, 2),
+            requests=len(self.latencies),
+            failures=len(self.failures),
+            images_per_s=self.images / seconds,
+            requests_per_s=(len(self.latencies) - len(self.failures)) / seconds,
+            p50_ms=float(np.percentile(times, 50)),
+            p99_ms=float(np.percentile(times, 99)),
+            max_ms=float(times.max()),
             failure_examples=" | ".join(sorted(set(self.failures))[:3]),
         )
 
@@ -69,10 +77,15 @@ def median_level(rounds: list[Level]) -> Level:
         return float(np.median([getattr(lv, name) for lv in rounds]))
 
     return Level(
-        users=rounds[0].users, seconds=round(sum(lv.seconds for lv in rounds), 2),
-        requests=sum(lv.requests for lv in rounds), failures=sum(lv.failures for lv in rounds),
-        images_per_s=med("images_per_s"), requests_per_s=med("requests_per_s"), p50_ms=med("p50_ms"),
-        p99_ms=med("p99_ms"), max_ms=max(lv.max_ms for lv in rounds),
+        users=rounds[0].users,
+        seconds=round(sum(lv.seconds for lv in rounds), 2),
+        requests=sum(lv.requests for lv in rounds),
+        failures=sum(lv.failures for lv in rounds),
+        images_per_s=med("images_per_s"),
+        requests_per_s=med("requests_per_s"),
+        p50_ms=med("p50_ms"),
+        p99_ms=med("p99_ms"),
+        max_ms=max(lv.max_ms for lv in rounds),
         failure_examples=" | ".join(lv.failure_examples for lv in rounds if lv.failure_examples)[:600],
     )
 
@@ -80,8 +93,10 @@ def median_level(rounds: list[Level]) -> Level:
 def median_engines(rounds: list[dict]) -> dict:
     """Raw engine runs (loadtests.engine_bench's JSON) from several rounds: the median images/s per engine and
     batch size; everything else from the first round."""
-    speeds = {name: {batch: float(np.median([r["images_per_s"][name][batch] for r in rounds])) for batch in per}
-              for name, per in rounds[0]["images_per_s"].items()}
+    speeds = {
+        name: {batch: float(np.median([r["images_per_s"][name][batch] for r in rounds])) for batch in per}
+        for name, per in rounds[0]["images_per_s"].items()
+    }
     return {**rounds[0], "images_per_s": speeds, "rounds": len(rounds)}
 
 
@@ -115,7 +130,7 @@ def plot(series: dict[str, list[Level]], path: Path, title: str) -> Path:
     for name, levels in series.items():
         users = [lv.users for lv in levels]
         left.plot(users, [lv.images_per_s for lv in levels], "o-", label=name)
-        line, = right.plot(users, [lv.p50_ms / 1000 for lv in levels], "o-", label=f"{name} p50")
+        (line,) = right.plot(users, [lv.p50_ms / 1000 for lv in levels], "o-", label=f"{name} p50")
         right.plot(users, [lv.p99_ms / 1000 for lv in levels], "s--", color=line.get_color(), label=f"{name} p99")
     left.set(title="Throughput", xlabel="concurrent clients", ylabel="images / s")
     right.set(title="Latency", xlabel="concurrent clients", ylabel="seconds")
@@ -138,25 +153,33 @@ def table(engines: dict, results: dict[str, list[Level]]) -> tuple[str, list[str
     """The Markdown table and the target lines (met or missed)."""
     raw = engines["images_per_s"]
     best_fp32 = max(v for name in ("torch", "onnx") if name in raw for v in raw[name].values())
-    lines = ["| engine (no HTTP) | " + " | ".join(f"batch {b}" for b in raw["torch"]) + " |",
-             "|---|" + "---|" * len(raw["torch"])]
+    lines = [
+        "| engine (no HTTP) | " + " | ".join(f"batch {b}" for b in raw["torch"]) + " |",
+        "|---|" + "---|" * len(raw["torch"]),
+    ]
     lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in per.values()) + " |" for name, per in raw.items()]
-    lines += ["", "| service | clients | images/s | p50 ms | p99 ms | failures | x reference | p99 / reference's |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| service | clients | images/s | p50 ms | p99 ms | failures | x reference | p99 / reference's |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     reference = {lv.users: lv for lv in results.get("reference", [])}
     for name, levels in results.items():
         for lv in levels:
             ref = reference.get(lv.users)
             ratio = f"{lv.images_per_s / ref.images_per_s:.2f}" if ref and ref.images_per_s else "-"
             p99 = f"{lv.p99_ms / ref.p99_ms:.2f}" if ref and ref.p99_ms else "-"
-            lines.append(f"| {name} | {lv.users} | {lv.images_per_s:.1f} | {lv.p50_ms:.0f} | {lv.p99_ms:.0f} | "
-                         f"{lv.failures} | {ratio} | {p99} |")
+            lines.append(
+                f"| {name} | {lv.users} | {lv.images_per_s:.1f} | {lv.p50_ms:.0f} | {lv.p99_ms:.0f} | "
+                f"{lv.failures} | {ratio} | {p99} |"
+            )
     best_int8 = max(raw.get("onnx-int8", {}).values(), default=0.0)
     return "\n".join(lines), _targets(best_fp32, best_int8, engines, results, reference)
 
 
-def _targets(best_fp32: float, best_int8: float, engines: dict, results: dict[str, list[Level]],
-             reference: dict[int, Level]) -> list[str]:
+def _targets(
+    best_fp32: float, best_int8: float, engines: dict, results: dict[str, list[Level]], reference: dict[int, Level]
+) -> list[str]:
     checks = []
     for name, levels in results.items():
         if name == "reference":
@@ -168,19 +191,36 @@ def _targets(best_fp32: float, best_int8: float, engines: dict, results: dict[st
             speedup = lv.images_per_s / ref.images_per_s
             if "int8" in name:
                 ceiling = f"; its raw engine alone is {best_int8 / ref.images_per_s:.2f}x" if best_int8 else ""
-                checks.append(_check(f"{name} at {lv.users} clients: {speedup:.2f}x reference (target >= 3.5{ceiling})",
-                                     speedup >= 3.5))
+                checks.append(
+                    _check(
+                        f"{name} at {lv.users} clients: {speedup:.2f}x reference (target >= 3.5{ceiling})",
+                        speedup >= 3.5,
+                    )
+                )
             else:
                 share = lv.images_per_s / best_fp32
-                checks.append(_check(f"{name} at {lv.users} clients: {share:.0%} of the best raw fp32 engine "
-                                     f"({best_fp32:.1f} images/s; target >= 90%)", share >= 0.9))
-                checks.append(_check(f"{name} at {lv.users} clients: {speedup:.2f}x reference (target >= 2) with p99 "
-                                     f"{lv.p99_ms:.0f} vs {ref.p99_ms:.0f} ms (target: lower)",
-                                     speedup >= 2 and lv.p99_ms < ref.p99_ms))
+                checks.append(
+                    _check(
+                        f"{name} at {lv.users} clients: {share:.0%} of the best raw fp32 engine "
+                        f"({best_fp32:.1f} images/s; target >= 90%)",
+                        share >= 0.9,
+                    )
+                )
+                checks.append(
+                    _check(
+                        f"{name} at {lv.users} clients: {speedup:.2f}x reference (target >= 2) with p99 "
+                        f"{lv.p99_ms:.0f} vs {ref.p99_ms:.0f} ms (target: lower)",
+                        speedup >= 2 and lv.p99_ms < ref.p99_ms,
+                    )
+                )
     if "int8_top1_agreement" in engines:
         agreement = engines["int8_top1_agreement"]
-        checks.append(_check(f"INT8 top-1 agreement with fp32 on {engines['photos']} photos: {agreement:.1%} "
-                             "(target >= 99%)", agreement >= 0.99))
+        checks.append(
+            _check(
+                f"INT8 top-1 agreement with fp32 on {engines['photos']} photos: {agreement:.1%} (target >= 99%)",
+                agreement >= 0.99,
+            )
+        )
     return checks
 
 

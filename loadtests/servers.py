@@ -58,16 +58,26 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def serve(env: dict[str, str], *, target: str = "service.service:ImageClassifier", timeout: float = 180,
-          log_path: Path | None = None) -> Iterator[str]:
+def serve(
+    env: dict[str, str],
+    *,
+    target: str = "service.service:ImageClassifier",
+    timeout: float = 180,
+    log_path: Path | None = None,
+) -> Iterator[str]:
     """Yield the base URL of a running server; stop it afterwards. See serve_process."""
     with serve_process(env, target=target, timeout=timeout, log_path=log_path) as server:
         yield server.url
 
 
 @contextlib.contextmanager
-def serve_process(env: dict[str, str], *, target: str = "service.service:ImageClassifier", timeout: float = 180,
-                  log_path: Path | None = None) -> Iterator[RunningServer]:
+def serve_process(
+    env: dict[str, str],
+    *,
+    target: str = "service.service:ImageClassifier",
+    timeout: float = 180,
+    log_path: Path | None = None,
+) -> Iterator[RunningServer]:
     """Start `bentoml serve` and yield it once ready; stop it afterwards. Polls /readyz, never a fixed sleep.
 
     ``env`` is added to this process's environment; the server gets its own BENTOML_HOME that
@@ -80,9 +90,11 @@ def serve_process(env: dict[str, str], *, target: str = "service.service:ImageCl
         log_path = home / "server.log"
     log = open(log_path, "w+")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
-         "--port", str(port)],
-        cwd=REPO, env={**os.environ, "BENTOML_HOME": str(home), **env}, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(home), **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:

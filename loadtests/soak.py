@@ -36,7 +36,7 @@ from loadtests.openloop import (
     timeline,
 )
 from loadtests.servers import serve_process
-from service.shutdown import service_name_of
+from service.bentoml_compat import worker_service
 
 logger = logging.getLogger("loadtests.soak")
 MIB = 1024 * 1024
@@ -49,9 +49,9 @@ class Sample:
     rss_mib: float
 
 
-def role_of(cmdline: list[str]) -> str:
+def role_of(proc: psutil.Process) -> str:
     """runner, front, or manager (BentoML's process manager, which has no service)."""
-    return {"model_runner": "runner", "image_classifier": "front"}.get(service_name_of(cmdline) or "", "manager")
+    return {"model_runner": "runner", "image_classifier": "front"}.get(worker_service(proc) or "", "manager")
 
 
 def sample_tree(pid: int, t_s: float) -> list[Sample]:
@@ -60,11 +60,13 @@ def sample_tree(pid: int, t_s: float) -> list[Sample]:
     root = psutil.Process(pid)
     for proc in [root, *root.children(recursive=True)]:
         try:
-            role, rss = role_of(proc.cmdline()), proc.memory_info().rss / MIB
+            role, rss = role_of(proc), proc.memory_info().rss / MIB
         except psutil.Error:  # exited between listing and reading
             continue
         by_role[role] = by_role.get(role, 0.0) + rss
-    return [Sample(t_s, role, rss) for role, rss in sorted(by_role.items())] + [Sample(t_s, "total", sum(by_role.values()))]
+    return [Sample(t_s, role, rss) for role, rss in sorted(by_role.items())] + [
+        Sample(t_s, "total", sum(by_role.values()))
+    ]
 
 
 class Sampler(threading.Thread):
@@ -96,7 +98,8 @@ def rss_verdict(samples: Sequence[Sample], warmup_s: float, bound_mib: float) ->
             continue
         t, rss = np.array(after).T
         verdict["roles"][role] = {
-            "after_warmup_mib": round(float(rss[0]), 1), "end_mib": round(float(rss[-1]), 1),
+            "after_warmup_mib": round(float(rss[0]), 1),
+            "end_mib": round(float(rss[-1]), 1),
             "max_rise_mib": round(float(rss.max() - rss[0]), 1),
             "trend_mib_per_min": round(float(np.polyfit(t / 60, rss, 1)[0]), 2),
         }
@@ -146,29 +149,41 @@ def run(url: str, pid: int, args: argparse.Namespace) -> dict:
         f.writelines(f"{s.t_s:.1f},{s.role},{s.rss_mib:.1f}\n" for s in samples)
     plot(samples, timeline(outcomes, window_s=10), args.warmup_seconds, args.out / "soak.png")
     failures = summary.sent - summary.ok
-    result = {"capacity_req_per_s": round(capacity, 2), "load": asdict(summary), "failures": failures,
-              "failure_examples": sorted({f"{o.status} {o.error or o.reason}" for o in outcomes if o.status != 200})[:5],
-              "rss": verdict, "passed": failures == 0 and verdict["flat"]}
+    result = {
+        "capacity_req_per_s": round(capacity, 2),
+        "load": asdict(summary),
+        "failures": failures,
+        "failure_examples": sorted({f"{o.status} {o.error or o.reason}" for o in outcomes if o.status != 200})[:5],
+        "rss": verdict,
+        "passed": failures == 0 and verdict["flat"],
+    }
     (args.out / "soak.json").write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
     return result
 
 
 def report(result: dict) -> str:
     load, rss = result["load"], result["rss"]
-    lines = [f"{load['sent']} requests at {load['offered_per_s']:.1f}/s ({result['capacity_req_per_s']} capacity): "
-             f"{load['ok']} ok, {result['failures']} failed {result['failure_examples']}; "
-             f"p50 {load['p50_ms']:.0f} ms, p99 {load['p99_ms']:.0f} ms, max {load['max_ms']:.0f} ms",
-             f"RSS after {rss['warmup_s']:g} s warm-up (bound: total rises <= {rss['bound_mib']:g} MiB):"]
+    lines = [
+        f"{load['sent']} requests at {load['offered_per_s']:.1f}/s ({result['capacity_req_per_s']} capacity): "
+        f"{load['ok']} ok, {result['failures']} failed {result['failure_examples']}; "
+        f"p50 {load['p50_ms']:.0f} ms, p99 {load['p99_ms']:.0f} ms, max {load['max_ms']:.0f} ms",
+        f"RSS after {rss['warmup_s']:g} s warm-up (bound: total rises <= {rss['bound_mib']:g} MiB):",
+    ]
     for role, r in rss["roles"].items():
-        lines.append(f"  {role:<8} {r['after_warmup_mib']:>8.1f} -> {r['end_mib']:>8.1f} MiB, largest rise "
-                     f"{r['max_rise_mib']:>6.1f} MiB, trend {r['trend_mib_per_min']:+.2f} MiB/min")
+        lines.append(
+            f"  {role:<8} {r['after_warmup_mib']:>8.1f} -> {r['end_mib']:>8.1f} MiB, largest rise "
+            f"{r['max_rise_mib']:>6.1f} MiB, trend {r['trend_mib_per_min']:+.2f} MiB/min"
+        )
     lines.append("passed" if result["passed"] else "FAILED")
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtests.soak", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.soak",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--minutes", type=float, default=10.0, help="length of the steady load")
     p.add_argument("--share", type=float, default=0.5, help="load as a share of the measured capacity")
     p.add_argument("--warmup-seconds", type=float, default=60.0, help="RSS before this is not held to the bound")

@@ -26,8 +26,16 @@ logger = logging.getLogger(__name__)
 USER_CLASSES = {"ClassifierUser": locustfile.ClassifierUser, "PhotoUser": locustfile.PhotoUser}
 
 
-def sweep(host: str, levels: list[int], *, user_class: str = "ClassifierUser", options: dict | None = None,
-          warm_up: float = 5.0, duration: float = 20.0, max_requests: int = 5000) -> list[Level]:
+def sweep(
+    host: str,
+    levels: list[int],
+    *,
+    user_class: str = "ClassifierUser",
+    options: dict | None = None,
+    warm_up: float = 5.0,
+    duration: float = 20.0,
+    max_requests: int = 5000,
+) -> list[Level]:
     """Run ``user_class`` against ``host`` at each number of users in turn; one Level per entry of ``levels``."""
     parsed = argparse.Namespace(**{**locustfile.DEFAULTS, **(options or {})})
     photo_files(Path(parsed.photos))  # fail here, not in every user's greenlet
@@ -45,8 +53,14 @@ def sweep(host: str, levels: list[int], *, user_class: str = "ClassifierUser", o
             while time.monotonic() - start < duration and len(recorder.latencies) < max_requests:
                 gevent.sleep(0.1)
             results.append(recorder.level(users, time.monotonic() - start))
-            logger.info("%3d users: %6.1f images/s, p50 %6.0f ms, p99 %6.0f ms, %d failures", users,
-                        results[-1].images_per_s, results[-1].p50_ms, results[-1].p99_ms, results[-1].failures)
+            logger.info(
+                "%3d users: %6.1f images/s, p50 %6.0f ms, p99 %6.0f ms, %d failures",
+                users,
+                results[-1].images_per_s,
+                results[-1].p50_ms,
+                results[-1].p99_ms,
+                results[-1].failures,
+            )
             if results[-1].failures:
                 logger.warning("    failures, e.g.: %s", results[-1].failure_examples)
     finally:
@@ -65,8 +79,11 @@ def _levels(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtests.sweep", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.sweep",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--host", default="http://127.0.0.1:3000", help="the running service (localhost only)")
     p.add_argument("--users", type=_levels, default=[1, 2, 4, 8, 16, 32], help="concurrency levels, comma-separated")
     p.add_argument("--user-class", choices=sorted(USER_CLASSES), default="ClassifierUser", help="the traffic to send")
@@ -74,12 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured at each level at most")
     p.add_argument("--max-requests", type=int, default=5000, help="answers measured at each level at most")
     p.add_argument("--photos", default=locustfile.DEFAULTS["photos"], help="folder of photos to send")
-    p.add_argument("--sizes", default=locustfile.DEFAULTS["sizes"], help="longest sides photos are re-encoded at "
-                   "(ClassifierUser)")
-    p.add_argument("--malformed-share", type=float, default=locustfile.DEFAULTS["malformed_share"],
-                   help="share of malformed requests (ClassifierUser)")
-    p.add_argument("--batch-share", type=float, default=locustfile.DEFAULTS["batch_share"],
-                   help="share of multi-image requests (ClassifierUser)")
+    p.add_argument(
+        "--sizes", default=locustfile.DEFAULTS["sizes"], help="longest sides photos are re-encoded at (ClassifierUser)"
+    )
+    p.add_argument(
+        "--malformed-share",
+        type=float,
+        default=locustfile.DEFAULTS["malformed_share"],
+        help="share of malformed requests (ClassifierUser)",
+    )
+    p.add_argument(
+        "--batch-share",
+        type=float,
+        default=locustfile.DEFAULTS["batch_share"],
+        help="share of multi-image requests (ClassifierUser)",
+    )
     p.add_argument("--out", type=Path, default=Path("loadtests/results/sweep"), help="output prefix for .csv and .png")
     return p
 
@@ -87,11 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    options = {"photos": args.photos, "sizes": args.sizes, "malformed_share": args.malformed_share,
-               "batch_share": args.batch_share}
+    options = {
+        "photos": args.photos,
+        "sizes": args.sizes,
+        "malformed_share": args.malformed_share,
+        "batch_share": args.batch_share,
+    }
     try:
-        levels = sweep(args.host, args.users, user_class=args.user_class, options=options, warm_up=args.warm_up,
-                       duration=args.duration, max_requests=args.max_requests)
+        levels = sweep(
+            args.host,
+            args.users,
+            user_class=args.user_class,
+            options=options,
+            warm_up=args.warm_up,
+            duration=args.duration,
+            max_requests=args.max_requests,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -61,12 +61,25 @@ def malformed_payloads(photo: bytes) -> list[Payload]:
     noise = bytes(rng.getrandbits(8) for _ in range(4096))
     return [
         Payload("malformed: random bytes", *multipart("image", [("noise.jpg", noise)]), 0, 400, "not_an_image"),
-        Payload("malformed: truncated jpeg", *multipart("image", [("cut.jpg", photo[: len(photo) // 2])]), 0, 400,
-                "corrupt_image"),
-        Payload("malformed: html as image", b"<html><body>not a photo</body></html>", "image/jpeg", 0, 400, "not_an_image"),
+        Payload(
+            "malformed: truncated jpeg",
+            *multipart("image", [("cut.jpg", photo[: len(photo) // 2])]),
+            0,
+            400,
+            "corrupt_image",
+        ),
+        Payload(
+            "malformed: html as image", b"<html><body>not a photo</body></html>", "image/jpeg", 0, 400, "not_an_image"
+        ),
         Payload("malformed: empty body", b"", "image/jpeg", 0, 400, "empty"),
-        Payload("malformed: wrong content type", b"{\"image\": \"cat.jpg\"}", "application/json", 0, 415,
-                "unsupported_media_type"),
+        Payload(
+            "malformed: wrong content type",
+            b'{"image": "cat.jpg"}',
+            "application/json",
+            0,
+            415,
+            "unsupported_media_type",
+        ),
     ]
 
 
@@ -90,22 +103,35 @@ class Traffic:
 
 
 def realistic_traffic(
-    photos: list[Path], *, sizes: tuple[int, ...] = DEFAULT_SIZES, batch_images: int = 4,
-    batch_share: float = 0.2, malformed_share: float = 0.05,
+    photos: list[Path],
+    *,
+    sizes: tuple[int, ...] = DEFAULT_SIZES,
+    batch_images: int = 4,
+    batch_share: float = 0.2,
+    malformed_share: float = 0.05,
 ) -> Traffic:
     """Every photo at every size as a single-image request to /v1/predict; multi-image requests of
     ``batch_images`` mixed sizes to /v1/predict/batch; and the malformed requests."""
     if not 0 <= batch_share + malformed_share <= 1:
         raise ValueError("batch_share + malformed_share must be between 0 and 1")
     ladder = [(f"{p.stem}-{size}px.jpg", resized_jpeg(p.read_bytes(), size)) for p in photos for size in sizes]
-    singles = tuple(Payload(f"single {name.rsplit('-', 1)[1][:-4]}", *multipart("image", [(name, data)]), 1)
-                    for name, data in ladder)
+    singles = tuple(
+        Payload(f"single {name.rsplit('-', 1)[1][:-4]}", *multipart("image", [(name, data)]), 1)
+        for name, data in ladder
+    )
     rng = random.Random(0)
-    batches = tuple(
-        Payload(f"batch of {batch_images}", *multipart("images", rng.sample(ladder, min(batch_images, len(ladder)))),
-                min(batch_images, len(ladder)))
-        for _ in range(max(1, len(ladder) // 2))
-    ) if batch_images > 0 else ()
+    batches = (
+        tuple(
+            Payload(
+                f"batch of {batch_images}",
+                *multipart("images", rng.sample(ladder, min(batch_images, len(ladder)))),
+                min(batch_images, len(ladder)),
+            )
+            for _ in range(max(1, len(ladder) // 2))
+        )
+        if batch_images > 0
+        else ()
+    )
     return Traffic(singles, batches, tuple(malformed_payloads(photos[0].read_bytes())), batch_share, malformed_share)
 
 

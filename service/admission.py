@@ -37,8 +37,13 @@ class _Waiter:
 class Admission:
     """Weighted FIFO gate: ``async with admission.admit(images): ...``."""
 
-    def __init__(self, capacity: int, max_queue: int, max_wait_s: float,
-                 observe: Callable[[int, int], None] = lambda in_flight, queued: None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        max_queue: int,
+        max_wait_s: float,
+        observe: Callable[[int, int], None] = lambda in_flight, queued: None,
+    ) -> None:
         """``observe(in_flight, queued)`` is called after every change (for metrics)."""
         if capacity < 1 or max_queue < 0 or max_wait_s <= 0:
             raise ValueError("capacity must be >= 1, max_queue >= 0 and max_wait_s > 0")
@@ -73,8 +78,9 @@ class Admission:
             self._observe(self.in_flight, self.queued)
             return
         if self.full:
-            raise Overloaded("queue_full", f"the server is at capacity ({self.max_queue} requests already waiting); "
-                                           "retry shortly")
+            raise Overloaded(
+                "queue_full", f"the server is at capacity ({self.max_queue} requests already waiting); retry shortly"
+            )
         waiter = _Waiter(images, asyncio.get_running_loop().create_future())
         self._queue.append(waiter)
         self._observe(self.in_flight, self.queued)
@@ -85,8 +91,9 @@ class Admission:
             raise
         if not done:
             self._abandon(waiter)
-            raise Overloaded("queue_timeout", f"the server could not start this request within "
-                                              f"{self.max_wait_s:g} s; retry shortly")
+            raise Overloaded(
+                "queue_timeout", f"the server could not start this request within {self.max_wait_s:g} s; retry shortly"
+            )
 
     def _abandon(self, waiter: _Waiter) -> None:
         if waiter.future.done():  # admitted just as the wait ended: give the slots back

@@ -2,32 +2,143 @@
 
 BentoML's public API does not cover a few things this service needs; each is reached here and nowhere
 else, so upgrading BentoML means reading this one module (and running tests/unit/test_bentoml_compat.py):
+- the serde of the service-to-service hop (``_bentoml_impl.serde``): ours replaces pickle (service/transport.py);
+- which BentoML service a worker process serves: its ``--service-name`` argument, read from sibling
+  processes' command lines for the graceful shutdown and the soak's memory figures;
+- what a failed call to the model runner means (BentoML's error codes, its client's exceptions);
 - the OpenAPI document's title, version and description (BentoML writes its own name, "None" and
-  its stock README there).
+  its stock README there);
+- the environment variables that make BentoML stop restarting dead workers (our image must not set them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+import os
+from collections.abc import Callable
+from typing import Any, Literal
 
 import attr
 import bentoml
+import psutil
 
 from classifier import __version__
 
 logger = logging.getLogger(__name__)
 
 BENTOML_VERSION = "1.4.30"  # what this module was written and tested against (pinned in pyproject.toml)
+# Where either is set, BentoML leaves a dead worker dead (it expects the container to be restarted).
+NO_WORKER_RESTART_VARIABLES = ("BENTOML_CONTAINERIZED", "BENTOCLOUD_DEPLOYMENT_URL")
+SERDE_MEDIA_TYPE = "application/vnd.bentoml+pickle"  # the type BentoML's service-to-service client sends
 
 
 def check_version(installed: str | None = None) -> None:
     """Warn once at start-up when the installed BentoML is not the one this module was written for."""
     installed = installed or bentoml.__version__
     if installed != BENTOML_VERSION:
-        logger.warning("BentoML %s is installed; this service was written and tested against %s. "
-                       "Install bentoml==%s or run tests/unit/test_bentoml_compat.py first",
-                       installed, BENTOML_VERSION, BENTOML_VERSION)
+        logger.warning(
+            "BentoML %s is installed; this service was written and tested against %s. "
+            "Install bentoml==%s or run tests/unit/test_bentoml_compat.py first",
+            installed,
+            BENTOML_VERSION,
+            BENTOML_VERSION,
+        )
+
+
+# --- the service-to-service serde ---
+
+
+def install_serde(
+    encode: Callable[[Any], tuple[list[Any], str]], decode: Callable[[bytes, str | None], Any], lengths_header: str
+) -> type:
+    """Make BentoML's service-to-service hop, in this process, use ``encode``/``decode`` in place of pickle.
+    Returns the serde class installed (idempotent)."""
+    from _bentoml_impl import serde as bentoml_serde
+
+    class ArraySerde(bentoml_serde.GenericSerde, bentoml_serde.Serde):
+        media_type = SERDE_MEDIA_TYPE
+
+        def serialize_model(self, model: Any) -> Any:
+            return self.serialize_value(model.model_dump())
+
+        def deserialize_model(self, payload: Any, cls: type) -> Any:
+            obj = self.deserialize_value(payload)
+            return obj if isinstance(obj, cls) else cls.model_validate(obj)  # type: ignore[attr-defined]
+
+        def serialize_value(self, obj: Any) -> Any:
+            chunks, lengths = encode(obj)
+            return bentoml_serde.Payload(chunks, {lengths_header: lengths})
+
+        def deserialize_value(self, payload: Any) -> Any:
+            return decode(b"".join(payload.data), payload.metadata.get(lengths_header))
+
+    bentoml_serde.ALL_SERDE[SERDE_MEDIA_TYPE] = ArraySerde
+    return ArraySerde
+
+
+def installed_serde() -> type:
+    """The serde BentoML uses for the service-to-service media type in this process."""
+    from _bentoml_impl import serde as bentoml_serde
+
+    return bentoml_serde.ALL_SERDE[SERDE_MEDIA_TYPE]
+
+
+# --- worker processes ---
+
+
+def service_name_of(cmdline: list[str]) -> str | None:
+    """The BentoML service a worker process serves (its ``--service-name`` argument), if any."""
+    if "--service-name" in cmdline[:-1]:
+        return cmdline[cmdline.index("--service-name") + 1]
+    return None
+
+
+def worker_service(proc: psutil.Process) -> str | None:
+    """The BentoML service that process ``proc`` serves; None for BentoML's process manager (or anything else)."""
+    return service_name_of(proc.cmdline())
+
+
+def service_workers_alive(service_name: str) -> Callable[[], bool]:
+    """A check: is a sibling process (same parent: BentoML's process manager) serving ``service_name``?"""
+
+    def alive() -> bool:
+        try:
+            siblings = psutil.Process(os.getppid()).children()
+        except psutil.Error:
+            return False
+        for proc in siblings:
+            try:
+                if worker_service(proc) == service_name and proc.status() != psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.Error:
+                continue
+        return False
+
+    return alive
+
+
+# --- calls to the model runner ---
+
+RunnerFailure = Literal["busy", "failed", "unreachable"]
+
+
+def runner_failure(exc: BaseException) -> RunnerFailure | None:
+    """What a failed call to the model runner means: "busy" (BentoML's batcher could not fit it in its latency
+    budget: its error code 503), "failed" (another BentoML error), "unreachable" (the connection to the runner
+    failed), or None (not the runner's failure: a bug of ours)."""
+    import aiohttp
+    import httpx
+    from bentoml.exceptions import BentoMLException
+
+    if isinstance(exc, BentoMLException):
+        return "busy" if getattr(exc, "error_code", None) == 503 else "failed"
+    if isinstance(exc, aiohttp.ClientError | httpx.HTTPError | OSError | asyncio.TimeoutError):
+        return "unreachable"
+    return None
+
+
+# --- the OpenAPI document ---
 
 
 class DescribedService(bentoml.Service):
@@ -39,8 +150,9 @@ class DescribedService(bentoml.Service):
     @property
     def openapi_spec(self) -> Any:
         spec = super().openapi_spec
-        info = attr.evolve(spec.info, title=self.openapi_title, version=__version__,
-                           description=self.openapi_description, contact=None)
+        info = attr.evolve(
+            spec.info, title=self.openapi_title, version=__version__, description=self.openapi_description, contact=None
+        )
         return attr.evolve(spec, info=info)
 
 

@@ -36,11 +36,10 @@ class ServiceMetrics:
 def metrics() -> ServiceMetrics:
     """The process's metric objects (created once)."""
     created = ServiceMetrics(
-        predictions=Counter(
-            f"{PREFIX}_predictions", "Images classified, by predicted (top-1) class.", ["class_name"]
-        ),
+        predictions=Counter(f"{PREFIX}_predictions", "Images classified, by predicted (top-1) class.", ["class_name"]),
         confidence=Histogram(
-            f"{PREFIX}_prediction_confidence", "Probability of the top-1 class of each classified image.",
+            f"{PREFIX}_prediction_confidence",
+            "Probability of the top-1 class of each classified image.",
             buckets=_CONFIDENCE,
         ),
         rejected=Counter(
@@ -53,28 +52,38 @@ def metrics() -> ServiceMetrics:
             f"{PREFIX}_preprocess_duration_seconds", "Time to decode, resize and crop one image.", buckets=_SECONDS
         ),
         inference_seconds=Histogram(
-            f"{PREFIX}_inference_duration_seconds", "Time the model service spends on one batch: the forward "
+            f"{PREFIX}_inference_duration_seconds",
+            "Time the model service spends on one batch: the forward "
             "pass (and, for JPEGs sent undecoded, their decoding).",
             buckets=_SECONDS,
         ),
         batch_images=Histogram(
-            f"{PREFIX}_inference_batch_images", "Images in each batch the model ran (BentoML's adaptive "
-            "batch size metric counts requests; this counts images).", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            f"{PREFIX}_inference_batch_images",
+            "Images in each batch the model ran (BentoML's adaptive "
+            "batch size metric counts requests; this counts images).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         ),
         model_info=Gauge(
-            f"{PREFIX}_model_info", "The model being served (value 1): its tag, backbone, device and engine.",
-            ["tag", "backbone", "device", "engine"], multiprocess_mode="livemax",
+            f"{PREFIX}_model_info",
+            "The model being served (value 1): its tag, backbone, device and engine.",
+            ["tag", "backbone", "device", "engine"],
+            multiprocess_mode="livemax",
         ),
         shed=Counter(
-            f"{PREFIX}_shed_requests", "Requests refused with 503 because the server was at capacity, by reason "
-            "(queue_full, queue_timeout, batching_budget).", ["reason"],
+            f"{PREFIX}_shed_requests",
+            "Requests refused with 503 because the server was at capacity, by reason "
+            "(queue_full, queue_timeout, batching_budget).",
+            ["reason"],
         ),
         admitted_images=Gauge(
-            f"{PREFIX}_admitted_images", "Images past the admission gate (decoding, batching or inference).",
+            f"{PREFIX}_admitted_images",
+            "Images past the admission gate (decoding, batching or inference).",
             multiprocess_mode="livesum",
         ),
         queued_requests=Gauge(
-            f"{PREFIX}_queued_requests", "Requests waiting for admission.", multiprocess_mode="livesum",
+            f"{PREFIX}_queued_requests",
+            "Requests waiting for admission.",
+            multiprocess_mode="livesum",
         ),
     )
     for reason in SHED_REASONS:  # a series from the start, so rates and alerts see 0 rather than nothing

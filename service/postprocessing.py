@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.schemas import ClassScore, Prediction
+from service.http.schemas import ClassScore, Prediction
 
 
 def to_prediction(probs: np.ndarray, class_names: tuple[str, ...], k: int, filename: str | None = None) -> Prediction:

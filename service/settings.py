@@ -1,66 +1,112 @@
-"""The service's settings: environment variables, read and validated once at start-up.
+"""The service's settings: ``CLASSIFIER_*`` environment variables, read and validated once at start-up.
 
-Every variable is prefixed ``CLASSIFIER_``; e.g. ``CLASSIFIER_MODEL_TAG=transfer-classifier:abc123``.
+Declared once, with pydantic-settings: each field is the variable without its prefix, e.g.
+``CLASSIFIER_MODEL_TAG=transfer-classifier:abc123``; its description is what docs/serving.md shows.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from service.contract import DEFAULT_MODEL_NAME
-from service.imaging import DEFAULT_MAX_PIXELS
+from classifier.contract import DEFAULT_MODEL_NAME
+from classifier.engines import ENGINES
+from classifier.imaging import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "CLASSIFIER_"
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("environ", default=None)
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
-class ServiceSettings(BaseModel):
+class ServiceSettings(BaseSettings):
     """What an operator can configure; field names are the variables without the prefix."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore", protected_namespaces=())
 
-    model_tag: str = Field(f"{DEFAULT_MODEL_NAME}:latest", description="BentoML model to serve (name or name:version)")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    engine: str = Field("auto", pattern=r"^(auto|torch|onnx|onnx-int8)$",
-                        description="auto (ONNX Runtime fp32 on CPU when the model has it, else torch), torch, onnx, onnx-int8")
+    model_tag: str = Field(
+        f"{DEFAULT_MODEL_NAME}:latest",
+        description="BentoML model to serve (name or name:version); pinned to the resolved version at start-up",
+    )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto (CUDA when present), cpu, cuda, cuda:N; pinned at start-up",
+    )
+    engine: str = Field(
+        "auto",
+        description="auto (ONNX Runtime fp32 on the CPU when the model has it, else torch), "
+        f"or one of: {', '.join(ENGINES)}; pinned at start-up",
+    )
     compile: bool = Field(False, description="GPU: torch.compile the model for fixed batch sizes (slower start-up)")
-    jpeg_decode: str = Field("auto", pattern=r"^(auto|front|engine)$",
-                             description="where plain JPEGs are decoded: auto (batched on the GPU when the model runs "
-                                         "there with torch, else in the front), front, engine")
+    jpeg_decode: str = Field(
+        "auto",
+        pattern=r"^(auto|front|engine)$",
+        description="where plain JPEGs are decoded: auto (batched on the GPU when the model runs "
+        "there with torch, else in the front), front, engine",
+    )
     max_batch_size: int = Field(16, ge=1, le=512, description="largest batch the model service runs")
     max_latency_ms: int = Field(10_000, ge=10, le=600_000, description="adaptive batching's latency budget")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) decoded")
     max_images: int = Field(32, ge=1, le=1024, description="most images in one multi-image request")
     model_workers: int = Field(1, ge=1, le=64, description="model runner processes; each gets its share of the cores")
-    inference_threads: int = Field(0, ge=0, description="CPU inference threads per model worker; 0: the worker's share of the cores")
-    api_key: SecretStr | None = Field(None, min_length=16, description="when set, the /v1 endpoints require this key "
-                                      "(Authorization: Bearer or X-API-Key); health and metrics stay open")
+    inference_threads: int = Field(
+        0, ge=0, description="CPU inference threads per model worker; 0: the worker's share of the cores"
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="when set, the /v1 endpoints require this key "
+        "(Authorization: Bearer or X-API-Key); health and metrics stay open",
+    )
     decode_concurrency: int = Field(0, ge=0, description="images decoded at once per front worker; 0: CPU cores")
-    max_inflight_images: int = Field(0, ge=0, description="images in flight past the admission gate per front worker "
-                                     "(decoding, batching, inference); 0: 2 x max_batch_size x model_workers, at "
-                                     "least max_images")
+    max_inflight_images: int = Field(
+        0,
+        ge=0,
+        description="images in flight past the admission gate per front worker "
+        "(decoding, batching, inference); 0: 2 x max_batch_size x model_workers, at "
+        "least max_images",
+    )
     max_queue: int = Field(64, ge=0, description="requests waiting for admission; more are shed at once with 503")
-    max_queue_wait_ms: int = Field(2_000, ge=1, le=60_000, description="longest wait for admission before a 503 "
-                                   "(at most 60 s: requests time out after 120 s)")
-    graceful_timeout_s: float = Field(60, gt=0, le=3600, description="on SIGTERM, the longest wait for in-flight "
-                                      "requests to finish before the workers exit")
+    max_queue_wait_ms: int = Field(
+        2_000,
+        ge=1,
+        le=60_000,
+        description="longest wait for admission before a 503 (at most 60 s: requests time out after 120 s)",
+    )
+    graceful_timeout_s: float = Field(
+        60,
+        gt=0,
+        le=3600,
+        description="on SIGTERM, the longest wait for in-flight requests to finish before the workers exit",
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if value != "auto" and value not in ENGINES:
+            raise ValueError(f"choose auto or one of: {', '.join(ENGINES)}")
+        return value
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> ServiceSettings:
         if self.max_inflight_images and self.max_inflight_images < self.max_images:
-            raise ValueError(f"{ENV_PREFIX}MAX_INFLIGHT_IMAGES={self.max_inflight_images} must be at least "
-                             f"{ENV_PREFIX}MAX_IMAGES={self.max_images}, or a full request could never be admitted")
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_INFLIGHT_IMAGES={self.max_inflight_images} must be at least "
+                f"{ENV_PREFIX}MAX_IMAGES={self.max_images}, or a full request could never be admitted"
+            )
         if self.graceful_timeout_s * 1000 <= self.max_queue_wait_ms:
-            raise ValueError(f"{ENV_PREFIX}GRACEFUL_TIMEOUT_S={self.graceful_timeout_s:g} must be longer than "
-                             f"{ENV_PREFIX}MAX_QUEUE_WAIT_MS={self.max_queue_wait_ms}, or requests queued at SIGTERM "
-                             "would be cut off")
+            raise ValueError(
+                f"{ENV_PREFIX}GRACEFUL_TIMEOUT_S={self.graceful_timeout_s:g} must be longer than "
+                f"{ENV_PREFIX}MAX_QUEUE_WAIT_MS={self.max_queue_wait_ms}, or requests queued at SIGTERM "
+                "would be cut off"
+            )
         return self
 
     @property
@@ -70,20 +116,33 @@ class ServiceSettings(BaseModel):
         return self.max_inflight_images or auto
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the environment (no .env file, no secrets folder), or the mapping given to from_env."""
+        environ = _ENVIRON.get()
+        if environ is not None:  # from_env(mapping): read that mapping instead of the process environment
+            env_settings.env_vars = {k.lower(): v for k, v in environ.items()}  # type: ignore[attr-defined]
+        return init_settings, env_settings
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
-        """Read ``CLASSIFIER_*`` variables; raises SettingsError with one line naming the variable."""
-        environ = os.environ if environ is None else environ
-        values = {
-            name: environ[ENV_PREFIX + name.upper()]
-            for name in cls.model_fields
-            if ENV_PREFIX + name.upper() in environ
-        }
+        """Read ``CLASSIFIER_*`` variables (of ``environ``, else the process's); raises SettingsError with one
+        line naming the variable."""
+        token = _ENVIRON.set(environ)
         try:
-            return cls.model_validate(values)
+            return cls()
         except ValidationError as exc:
             first = exc.errors()[0]
             if not first["loc"]:  # a check across variables: the message names them
                 raise SettingsError(first["msg"].removeprefix("Value error, ")) from None
             var = ENV_PREFIX + str(first["loc"][0]).upper()
-            shown = "(hidden)" if var == ENV_PREFIX + "API_KEY" else repr(values.get(str(first["loc"][0]), ""))
-            raise SettingsError(f"{var}={shown}: {first['msg']}") from None
+            shown = "(hidden)" if var == ENV_PREFIX + "API_KEY" else repr(first.get("input", ""))
+            raise SettingsError(f"{var}={shown}: {first['msg'].removeprefix('Value error, ')}") from None
+        finally:
+            _ENVIRON.reset(token)

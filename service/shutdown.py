@@ -19,43 +19,21 @@ import threading
 import time
 from collections.abc import Callable
 
-import psutil
-
 logger = logging.getLogger(__name__)
 
 FORCE_EXIT_AFTER_S = 5.0  # after uvicorn is told to stop now: long enough to close, short enough to matter
 StopServer = Callable[[int, object], None]
 
 
-def service_name_of(cmdline: list[str]) -> str | None:
-    """The BentoML service a worker process serves (its ``--service-name`` argument), if any."""
-    if "--service-name" in cmdline[:-1]:
-        return cmdline[cmdline.index("--service-name") + 1]
-    return None
-
-
-def service_workers_alive(service_name: str) -> Callable[[], bool]:
-    """A check: is a sibling process (same parent: BentoML's process manager) serving ``service_name``?"""
-
-    def alive() -> bool:
-        try:
-            siblings = psutil.Process(os.getppid()).children()
-        except psutil.Error:
-            return False
-        for proc in siblings:
-            try:
-                if service_name_of(proc.cmdline()) == service_name and proc.status() != psutil.STATUS_ZOMBIE:
-                    return True
-            except psutil.Error:
-                continue
-        return False
-
-    return alive
-
-
-def drain_then_stop(stop: StopServer, timeout_s: float, wait_while: Callable[[], bool] | None = None, *,
-                    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                    exit_now: Callable[[int], None] = os._exit) -> None:
+def drain_then_stop(
+    stop: StopServer,
+    timeout_s: float,
+    wait_while: Callable[[], bool] | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    exit_now: Callable[[int], None] = os._exit,
+) -> None:
     """While ``wait_while()`` (if given), keep serving; then ask the server to stop gracefully. Once
     ``timeout_s`` have passed since the call, tell it to stop now (uvicorn: a SIGINT after a SIGTERM),
     and if the process still runs FORCE_EXIT_AFTER_S later (a request stuck in a thread), exit."""

@@ -5,8 +5,7 @@ BentoML sends arguments and results between its services with pickle (media type
 Our two services only exchange numpy arrays of numbers, bytes (JPEGs), and plain JSON values, so
 ``install()`` puts a serde in pickle's place, in this server's processes, that can carry exactly
 those: a JSON header describing the structure, then the raw buffers. Anything else is refused when
-sent or received; nothing received is ever executed. BentoML 1.4.30 is pinned (see the README);
-tests/unit/test_transport.py checks the hook still exists.
+sent or received; nothing received is ever executed. The hook into BentoML is service/bentoml_compat.py's install_serde.
 """
 
 from __future__ import annotations
@@ -15,9 +14,10 @@ import json
 from typing import Any
 
 import numpy as np
-from _bentoml_impl import serde as bentoml_serde
 
-MEDIA_TYPE = "application/vnd.bentoml+pickle"  # the type BentoML's service-to-service client sends
+from service import bentoml_compat
+
+MEDIA_TYPE = bentoml_compat.SERDE_MEDIA_TYPE
 LENGTHS_HEADER = "buffer-lengths"
 _NUMERIC_KINDS = "biuf"  # bool, int, uint, float: never object arrays
 _MAX_DEPTH = 16  # what the services send is 3 deep
@@ -31,7 +31,7 @@ def _pack(obj: Any, buffers: list[memoryview]) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in _NUMERIC_KINDS:
             raise TransportError(f"cannot send an array of dtype {obj.dtype}")
-        buffers.append(memoryview(np.ascontiguousarray(obj).reshape(-1).view(np.uint8)))
+        buffers.append(np.ascontiguousarray(obj).reshape(-1).view(np.uint8).data)
         return {"$array": len(buffers), "dtype": obj.dtype.str, "shape": list(obj.shape)}
     if isinstance(obj, bytes | bytearray | memoryview):
         buffers.append(memoryview(obj).cast("B"))
@@ -51,7 +51,7 @@ class _Buffers:
     """The payload's buffers; each may be used once (no payload can make many copies of one buffer)."""
 
     def __init__(self, parts: list[memoryview]) -> None:
-        self.parts, self.used = parts, set()
+        self.parts, self.used = parts, set[int]()
 
     def take(self, index: Any) -> memoryview:
         if not isinstance(index, int) or not 1 <= index <= len(self.parts) or index in self.used:
@@ -85,7 +85,7 @@ def _unpack(obj: Any, buffers: _Buffers, depth: int = 0) -> Any:
     raise TransportError("malformed payload")
 
 
-def encode(obj: Any) -> tuple[list[memoryview | bytes], str]:
+def encode(obj: Any) -> tuple[list[Any], str]:
     """``obj`` -> (chunks to send, value of the buffer-lengths header)."""
     buffers: list[memoryview] = []
     header = json.dumps(_pack(obj, buffers)).encode()
@@ -93,8 +93,10 @@ def encode(obj: Any) -> tuple[list[memoryview | bytes], str]:
     return chunks, ",".join(str(len(c)) for c in chunks)
 
 
-def decode(data: bytes, lengths: str) -> Any:
-    """Inverse of encode; TransportError for anything it did not produce."""
+def decode(data: bytes, lengths: str | None) -> Any:
+    """Inverse of encode; TransportError for anything it did not produce (a missing ``lengths`` too)."""
+    if lengths is None:
+        raise TransportError(f"missing {LENGTHS_HEADER} header")
     try:
         sizes = [int(n) for n in lengths.split(",")]
     except ValueError:
@@ -103,7 +105,7 @@ def decode(data: bytes, lengths: str) -> Any:
         raise TransportError("buffer lengths do not match the body")
     view, parts, start = memoryview(data), [], 0
     for n in sizes:
-        parts.append(view[start:start + n])
+        parts.append(view[start : start + n])
         start += n
     try:
         header = json.loads(bytes(parts[0]))
@@ -116,29 +118,6 @@ def decode(data: bytes, lengths: str) -> Any:
     return value
 
 
-class ArraySerde(bentoml_serde.GenericSerde, bentoml_serde.Serde):
-    """BentoML serde for the service-to-service hop: numbers, bytes and JSON values only."""
-
-    media_type = MEDIA_TYPE
-
-    def serialize_model(self, model: Any) -> bentoml_serde.Payload:
-        return self.serialize_value(model.model_dump())
-
-    def deserialize_model(self, payload: bentoml_serde.Payload, cls: type) -> Any:
-        obj = self.deserialize_value(payload)
-        return obj if isinstance(obj, cls) else cls.model_validate(obj)
-
-    def serialize_value(self, obj: Any) -> bentoml_serde.Payload:
-        chunks, lengths = encode(obj)
-        return bentoml_serde.Payload(chunks, {LENGTHS_HEADER: lengths})
-
-    def deserialize_value(self, payload: bentoml_serde.Payload) -> Any:
-        lengths = payload.metadata.get(LENGTHS_HEADER)
-        if lengths is None:
-            raise TransportError("missing buffer-lengths header")
-        return decode(b"".join(payload.data), lengths)
-
-
 def install() -> None:
-    """Use ArraySerde for BentoML's service-to-service media type in this process (idempotent)."""
-    bentoml_serde.ALL_SERDE[MEDIA_TYPE] = ArraySerde  # type: ignore[index]
+    """Use this transport for BentoML's service-to-service hop in this process, in place of pickle (idempotent)."""
+    bentoml_compat.install_serde(encode, decode, LENGTHS_HEADER)

@@ -26,7 +26,7 @@ def odd_image():
 
 @pytest.fixture
 def contract():
-    from service.contract import ModelContract
+    from classifier.contract import ModelContract
 
     return ModelContract(
         class_names=("ants", "bees"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-
 from typing import TYPE_CHECKING
 
-from service.contract import ContractError
+from classifier.contract import ContractError
+from classifier.engines import EngineError
 from training.config import parse_args
 from training.errors import TrainingError
 
@@ -38,13 +38,19 @@ def _summary(result: RunResult) -> str:
 
 def _engine_lines(engines: dict | None) -> list[str]:
     if not engines:
-        return ["engines      torch only (--onnx-export none)"]
-    fp32 = engines["onnx"]
-    lines = [f"engines      onnx fp32: top-1 agreement with torch {fp32['top1_agreement_with_torch']:.3f}"]
-    if "onnx-int8" in engines:
-        q = engines["onnx-int8"]
-        lines.append(f"             onnx-int8: accuracy {q['accuracy_change']:+.3f} vs fp32, top-1 agreement "
-                     f"{q['top1_agreement_with_fp32']:.3f}, {q['speedup_vs_fp32']:.1f}x fp32's speed")
+        return ["engines      torch only (--export none)"]
+    lines: list[str] = []
+    for name, q in engines.items():
+        if not isinstance(q, dict):
+            continue
+        if "top1_agreement_with_fp32" in q:
+            text = (
+                f"{name}: accuracy {q['accuracy_change']:+.3f} vs fp32, top-1 agreement "
+                f"{q['top1_agreement_with_fp32']:.3f}, {q['speedup_vs_fp32']:.1f}x fp32's speed"
+            )
+        else:
+            text = f"{name}: top-1 agreement with torch {q['top1_agreement_with_torch']:.3f}"
+        lines.append(("engines      " if not lines else "             ") + text)
     return lines
 
 
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.pipeline import run  # torch takes seconds to import: not before --help
 
         result = run(cfg)
-    except (TrainingError, ContractError) as exc:
+    except (TrainingError, ContractError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, permissions, ... : the user's to fix, not a bug

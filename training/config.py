@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from service.backbones import BACKBONES, DEFAULT_BACKBONE
-from service.contract import DEFAULT_MODEL_NAME
+from classifier.backbones import BACKBONES, DEFAULT_BACKBONE
+from classifier.contract import DEFAULT_MODEL_NAME
+from classifier.engines import exportable_engines, with_requirements
 from training.download import CATS_DOGS_URL
 
 CACHE_ENV = "TRANSFER_SERVE_CACHE"
-ONNX_EXPORTS = ("none", "fp32", "int8")
+NO_EXPORT = "none"
 
 
 def default_cache_dir() -> Path:
@@ -24,47 +26,11 @@ def default_cache_dir() -> Path:
     return base / "transfer-serve"
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Everything a training run depends on; recorded in the saved model's metadata."""
-
-    data: Path | None = None
-    cache_dir: Path
-    feature_cache: bool = True
-    dataset_url: str = CATS_DOGS_URL
-    dataset_sha256: str | None = None
-    weights: str = "DEFAULT"
-    backbone: str = DEFAULT_BACKBONE
-    epochs: int = 10
-    fine_tune_epochs: int = 0
-    unfreeze: tuple[str, ...] | None = None
-    lr: float = 1e-3
-    fine_tune_lr: float = 1e-4
-    image_size: int = 224
-    resize_size: int | None = None
-    batch_size: int = 32
-    dropout: float = 0.2
-    augment: bool = True
-    flip: bool = True
-    rotation: float = 0.2
-    aug_views: int = 2
-    val_ratio: float = 0.2
-    test_ratio: float = 0.2
-    seed: int = 0
-    workers: int = min(4, os.cpu_count() or 1)
-    device: str = "auto"
-    name: str = DEFAULT_MODEL_NAME
-    output: Path = Path("runs/latest")
-    onnx_export: str = "int8"
-    calibration_images: int = 128
-
-    @property
-    def effective_resize(self) -> int:
-        """Shorter side before the crop: the usual 224/256 crop ratio unless given."""
-        return self.resize_size or round(self.image_size * 8 / 7)
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+def option(default: Any, help: str | Callable[[], str], **argparse: Any) -> Any:
+    """A TrainConfig field and its command-line flag, declared together: ``--name-with-dashes``, ``help``
+    (argparse adds the default), and any other argparse keyword (type, choices, nargs, ...). A ``help`` or
+    ``choices`` given as a function is read when the parser is built (e.g. from the engine registry)."""
+    return field(default=default, metadata={"help": help, **argparse})
 
 
 def _number(kind: type, *, low: float, high: float | None = None, low_open: bool = False, high_open: bool = False):
@@ -79,7 +45,9 @@ def _number(kind: type, *, low: float, high: float | None = None, low_open: bool
         too_high = high is not None and (value >= high if high_open else value > high)
         if too_low or too_high:
             left, right = "(" if low_open else "[", ")" if high_open or high is None else "]"
-            raise argparse.ArgumentTypeError(f"{value} is outside {left}{low}, {high if high is not None else 'inf'}{right}")
+            raise argparse.ArgumentTypeError(
+                f"{value} is outside {left}{low}, {high if high is not None else 'inf'}{right}"
+            )
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -92,53 +60,95 @@ POSITIVE = _number(float, low=0, low_open=True)
 FRACTION = _number(float, low=0, high=1, low_open=True, high_open=True)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a training run depends on, each field with its flag; recorded in the saved model's metadata."""
+
+    data: Path | None = option(
+        None, "folder of class sub-folders (or train/ + validation/); default: download cats vs dogs", type=Path
+    )
+    cache_dir: Path | None = option(
+        None, f"dataset and feature cache (default: ${CACHE_ENV} or ~/.cache/transfer-serve)", type=Path
+    )
+    feature_cache: bool = option(True, "reuse cached backbone features between runs")
+    dataset_url: str = option(CATS_DOGS_URL, "where to download the default dataset (a mirror)")
+    dataset_sha256: str | None = option(None, "expected SHA-256 of the downloaded default dataset")
+    weights: str = option(
+        "DEFAULT",
+        "backbone start: DEFAULT (IMAGENET1K_V2 for resnet50), a torchvision weights "
+        "name, 'none' (random init), or a path to a local state dict",
+    )
+    backbone: str = option(DEFAULT_BACKBONE, "torchvision backbone", choices=sorted(BACKBONES))
+    epochs: int = option(10, "phase 1 epochs (head on frozen features)", type=COUNT)
+    fine_tune_epochs: int = option(0, "phase 2 epochs (top blocks unfrozen); 0 skips fine-tuning", type=NON_NEGATIVE)
+    unfreeze: tuple[str, ...] | None = option(
+        None, "backbone blocks to fine-tune (default: the backbone's top block, layer4 for ResNets)", nargs="+"
+    )
+    lr: float = option(1e-3, "phase 1 learning rate (Adam)", type=POSITIVE)
+    fine_tune_lr: float = option(1e-4, "phase 2 learning rate (Adam)", type=POSITIVE)
+    image_size: int = option(224, "square input size fed to the network", type=_number(int, low=32, high=1024))
+    resize_size: int | None = option(
+        None, "shorter side before the center crop (default: image size * 8/7)", type=_number(int, low=32, high=2048)
+    )
+    batch_size: int = option(32, "images per batch", type=COUNT)
+    dropout: float = option(
+        0.2, "dropout before the new linear head", type=_number(float, low=0, high=1, high_open=True)
+    )
+    augment: bool = option(True, "augment training images (flip and rotation)")
+    flip: bool = option(True, "random horizontal flip")
+    rotation: float = option(0.2, "random rotation, fraction of a full turn", type=_number(float, low=0, high=0.5))
+    aug_views: int = option(2, "augmented views per training image in the feature cache", type=COUNT)
+    val_ratio: float = option(0.2, "validation share for a single-folder dataset", type=FRACTION)
+    test_ratio: float = option(0.2, "share of the validation split held out as test", type=FRACTION)
+    seed: int = option(0, "seed for splits, augmentation and initialisation", type=int)
+    workers: int = option(min(4, os.cpu_count() or 1), "data-loading worker processes", type=NON_NEGATIVE)
+    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    name: str = option(DEFAULT_MODEL_NAME, "model name in the BentoML store (each run adds a version)")
+    output: Path = option(Path("runs/latest"), "folder for metrics JSON and PNG plots", type=Path)
+    export: tuple[str, ...] = option(
+        exportable_engines(),
+        lambda: (
+            "engines saved with the model beside its weights "
+            f"(from the engine registry: {', '.join(exportable_engines())}; those they "
+            "build on are added), or none"
+        ),
+        nargs="+",
+        choices=lambda: (*exportable_engines(), NO_EXPORT),
+    )
+    calibration_images: int = option(128, "training images that calibrate the INT8 quantization", type=COUNT)
+
+    @property
+    def cache_root(self) -> Path:
+        """The cache folder: ``cache_dir`` if given, else default_cache_dir()."""
+        return self.cache_dir or default_cache_dir()
+
+    @property
+    def effective_resize(self) -> int:
+        """Shorter side before the crop: the usual 224/256 crop ratio unless given."""
+        return self.resize_size or round(self.image_size * 8 / 7)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def flag(config_field: Field[Any]) -> str:
+    return "--" + config_field.name.replace("_", "-")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig(cache_dir=Path("."))
+    """The command line, one flag per TrainConfig field."""
     p = argparse.ArgumentParser(
         prog="python -m training",
         description="Train an image classifier by transfer learning and save it to the BentoML model store.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", type=Path, default=None,
-                   help="folder of class sub-folders (or train/ + validation/); default: download cats vs dogs")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help=f"dataset and feature cache (default: ${CACHE_ENV} or ~/.cache/transfer-serve)")
-    p.add_argument("--feature-cache", action=argparse.BooleanOptionalAction, default=d.feature_cache,
-                   help="reuse cached backbone features between runs")
-    p.add_argument("--dataset-url", default=d.dataset_url, help="where to download the default dataset (a mirror)")
-    p.add_argument("--dataset-sha256", default=None, help="expected SHA-256 of the downloaded default dataset")
-    p.add_argument("--weights", default=d.weights,
-                   help="backbone start: DEFAULT (IMAGENET1K_V2 for resnet50), a torchvision weights name, "
-                        "'none' (random init), or a path to a local state dict")
-    p.add_argument("--backbone", default=d.backbone, choices=sorted(BACKBONES), help="torchvision backbone")
-    p.add_argument("--epochs", type=COUNT, default=d.epochs, help="phase 1 epochs (head on frozen features)")
-    p.add_argument("--fine-tune-epochs", type=NON_NEGATIVE, default=d.fine_tune_epochs,
-                   help="phase 2 epochs (top blocks unfrozen); 0 skips fine-tuning")
-    p.add_argument("--unfreeze", nargs="+", default=None,
-                   help="backbone blocks to fine-tune (default: the backbone's top block, layer4 for ResNets)")
-    p.add_argument("--lr", type=POSITIVE, default=d.lr, help="phase 1 learning rate (Adam)")
-    p.add_argument("--fine-tune-lr", type=POSITIVE, default=d.fine_tune_lr, help="phase 2 learning rate (Adam)")
-    p.add_argument("--image-size", type=_number(int, low=32, high=1024), default=d.image_size, help="square input size fed to the network")
-    p.add_argument("--resize-size", type=_number(int, low=32, high=2048), default=None, help="shorter side before the center crop (default: image size * 8/7)")
-    p.add_argument("--batch-size", type=COUNT, default=d.batch_size, help="images per batch")
-    p.add_argument("--dropout", type=_number(float, low=0, high=1, high_open=True), default=d.dropout, help="dropout before the new linear head")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
-                   help="augment training images (flip and rotation)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=d.flip, help="random horizontal flip")
-    p.add_argument("--rotation", type=_number(float, low=0, high=0.5), default=d.rotation, help="random rotation, fraction of a full turn")
-    p.add_argument("--aug-views", type=COUNT, default=d.aug_views, help="augmented views per training image in the feature cache")
-    p.add_argument("--val-ratio", type=FRACTION, default=d.val_ratio, help="validation share for a single-folder dataset")
-    p.add_argument("--test-ratio", type=FRACTION, default=d.test_ratio, help="share of the validation split held out as test")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed for splits, augmentation and initialisation")
-    p.add_argument("--workers", type=NON_NEGATIVE, default=d.workers, help="data-loading worker processes")
-    p.add_argument("--device", default=d.device, help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    p.add_argument("--name", default=d.name, help="model name in the BentoML store (each run adds a version)")
-    p.add_argument("--output", type=Path, default=d.output, help="folder for metrics JSON and PNG plots")
-    p.add_argument("--onnx-export", choices=ONNX_EXPORTS, default=d.onnx_export,
-                   help="ONNX Runtime graphs saved with the model: none, fp32, or int8 (fp32 plus a statically "
-                        "quantized INT8 copy)")
-    p.add_argument("--calibration-images", type=COUNT, default=d.calibration_images,
-                   help="training images that calibrate the INT8 quantization")
+    for f in fields(TrainConfig):
+        kwargs = {k: v() if k in ("help", "choices") and callable(v) else v for k, v in f.metadata.items()}
+        if f.name == "export":
+            kwargs["default"] = exportable_engines()
+        if f.type == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        p.add_argument(flag(f), **{"default": f.default, **kwargs})
     return p
 
 
@@ -159,4 +169,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     values = vars(args)
     values["cache_dir"] = args.cache_dir or default_cache_dir()
     values["unfreeze"] = tuple(args.unfreeze) if args.unfreeze else None
+    if NO_EXPORT in args.export and len(args.export) > 1:
+        parser.error(f"--export {NO_EXPORT} cannot be combined with engines")
+    values["export"] = () if NO_EXPORT in args.export else with_requirements(tuple(args.export))
     return TrainConfig(**values)

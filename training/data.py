@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from service.imaging import InputError, decode_image
+from classifier.imaging import InputError, decode_image
 from training.errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,9 @@ def load_splits(root: Path, *, val_ratio: float, test_ratio: float, seed: int, w
     duplicates = find_duplicates(files)
     if duplicates:
         shown = "; ".join(" = ".join(map(str, group)) for group in duplicates[:10])
-        logger.warning("%d group(s) of identical files (kept, but check for leakage or label noise): %s",
-                       len(duplicates), shown)
+        logger.warning(
+            "%d group(s) of identical files (kept, but check for leakage or label noise): %s", len(duplicates), shown
+        )
     fingerprint = _fingerprint(files, root)
     train = files["train"]
     if "val" in files:
@@ -123,15 +124,15 @@ def _discover(root: Path) -> tuple[str, dict[str, dict[str, Path]]]:
 
 def _class_dirs(folder: Path) -> dict[str, Path]:
     return {
-        p.name: p
-        for p in folder.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS
+        p.name: p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS
     }
 
 
 def _list_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
 
@@ -139,7 +140,9 @@ def _scan(
     split: str, by_class: dict[str, Path], class_names: tuple[str, ...], workers: int | None
 ) -> tuple[list[tuple[Path, int, str]], list[tuple[Path, str]]]:
     """Decode every file once; return (path, label, sha256) of the good ones and the skipped ones."""
-    jobs = [(path, class_names.index(name)) for name, folder in sorted(by_class.items()) for path in _list_files(folder)]
+    jobs = [
+        (path, class_names.index(name)) for name, folder in sorted(by_class.items()) for path in _list_files(folder)
+    ]
     good: list[tuple[Path, int, str]] = []
     bad: list[tuple[Path, str]] = []
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
-from service.contract import ModelContract
-from service.preprocessing import normalize, prepare_image
+from classifier.contract import ModelContract
+from classifier.network import Normalize
+from classifier.preprocessing import prepare_image
 from training.data import TRAINING_MAX_PIXELS, Sample
 
 
@@ -49,11 +49,17 @@ class ImageFiles(Dataset):
     """
 
     def __init__(
-        self, samples: Sequence[Sample], contract: ModelContract, augmentation: Augmentation | None = None, *, seed: int = 0
+        self,
+        samples: Sequence[Sample],
+        contract: ModelContract,
+        augmentation: Augmentation | None = None,
+        *,
+        seed: int = 0,
     ):
         self.samples = list(samples)
         self.contract = contract
         self.augment = augmentation.transform(contract) if augmentation and augmentation.enabled else None
+        self.normalize = Normalize.from_contract(contract)
         self.seed = seed
         self.epoch = 0
 
@@ -70,7 +76,7 @@ class ImageFiles(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(hash((self.seed, self.epoch, index)) & 0xFFFF_FFFF)
                 image = self.augment(image)
-        return normalize(image, self.contract), sample.label
+        return self.normalize(image), sample.label
 
 
 def image_loader(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import socket
 import urllib.error
 import urllib.request
 import zipfile
@@ -30,7 +29,11 @@ _CHUNK = 1 << 20
 
 
 def fetch_cats_and_dogs(
-    cache_dir: Path, *, url: str = CATS_DOGS_URL, expected_sha256: str | None = None, expected_size: int = CATS_DOGS_SIZE
+    cache_dir: Path,
+    *,
+    url: str = CATS_DOGS_URL,
+    expected_sha256: str | None = None,
+    expected_size: int = CATS_DOGS_SIZE,
 ) -> Path:
     """Return the extracted dataset folder, downloading and verifying it on first use."""
     target = cache_dir / CATS_DOGS_DIR
@@ -57,7 +60,7 @@ def _download(url: str, dest: Path) -> None:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
         partial.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
         raise TrainingError(

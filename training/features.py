@@ -30,7 +30,9 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def cached(cache_dir: Path | None, parts: dict[str, Any], compute: Callable[[], FeatureDict]) -> tuple[FeatureDict, bool]:
+def cached(
+    cache_dir: Path | None, parts: dict[str, Any], compute: Callable[[], FeatureDict]
+) -> tuple[FeatureDict, bool]:
     """Load the tensors stored under ``parts``, or compute and store them.
 
     Returns (tensors, True if they came from the cache). ``cache_dir`` None disables caching.
@@ -49,13 +51,19 @@ def cached(cache_dir: Path | None, parts: dict[str, Any], compute: Callable[[], 
     tensors = compute()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"key": json.dumps(parts, sort_keys=True, default=str)})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        tmp,
+        metadata={"key": json.dumps(parts, sort_keys=True, default=str)},
+    )
     tmp.replace(path)
     return tensors, False
 
 
 @torch.inference_mode()
-def forward_all(module: nn.Module, loader: DataLoader, device: torch.device, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_all(
+    module: nn.Module, loader: DataLoader, device: torch.device, desc: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``module`` in eval mode over ``loader``: float32 outputs [N, ...] and labels [N], on the CPU."""
     module.eval()
     outputs, labels = [], []
@@ -85,8 +93,10 @@ def load_or_extract(
     def compute() -> FeatureDict:
         runs = []
         for view in range(views):
-            loader.dataset.set_epoch(view)
-            runs.append(forward_all(backbone, loader, device, desc + (f" view {view + 1}/{views}" if views > 1 else "")))
+            loader.dataset.set_epoch(view)  # type: ignore[attr-defined]  # an ImageFiles dataset
+            runs.append(
+                forward_all(backbone, loader, device, desc + (f" view {view + 1}/{views}" if views > 1 else ""))
+            )
         return {"features": torch.stack([f for f, _ in runs]), "labels": runs[0][1]}
 
     tensors, hit = cached(cache_dir, {**key, "views": views}, compute)

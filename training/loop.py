@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -10,7 +11,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from service.architecture import Classifier
+from classifier.network import ClassifierNet
 from training.features import forward_all
 from training.model import set_train_mode
 
@@ -40,7 +41,9 @@ def evaluate_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor,
     return _evaluation(head(features.to(device)), labels)
 
 
-def evaluate_model(model: Classifier, loader: DataLoader, device: torch.device, desc: str = "evaluate") -> Evaluation:
+def evaluate_model(
+    model: ClassifierNet, loader: DataLoader, device: torch.device, desc: str = "evaluate"
+) -> Evaluation:
     """Evaluate the whole network on image batches."""
     return _evaluation(*forward_all(model, loader, device, desc))
 
@@ -59,7 +62,7 @@ def epoch_record(phase: str, epoch: int, train: Evaluation | tuple[float, float]
 
 
 def train_head(
-    head: nn.Module,
+    head: nn.Sequential,
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
     val_features: torch.Tensor,
@@ -102,11 +105,13 @@ def train_head(
             correct += batch_correct
         val = evaluate_head(head, val_features, val_labels, device)
         history.append(epoch_record("head", epoch, (total_loss / count, correct / count), val))
-    fold_standardization(head[-1], mean.to(device), std.to(device))
+    fold_standardization(cast(nn.Linear, head[-1]), mean.to(device), std.to(device))
     return history
 
 
-def _train_step(module: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+def _train_step(
+    module: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, int]:
     """One optimiser step on a batch; returns its summed loss and its number of correct predictions."""
     logits = module(x)
     loss = F.cross_entropy(logits, y)
@@ -124,7 +129,7 @@ def fold_standardization(linear: nn.Linear, mean: torch.Tensor, std: torch.Tenso
 
 
 def fine_tune(
-    model: Classifier,
+    model: ClassifierNet,
     params: list[nn.Parameter],
     train_loader: DataLoader,
     val_loader: DataLoader,
@@ -138,7 +143,7 @@ def fine_tune(
     optimizer = torch.optim.Adam([*params, *model.head.parameters()], lr=lr)
     history = []
     for epoch in range(first_epoch, first_epoch + epochs):
-        train_loader.dataset.set_epoch(epoch)  # a fresh augmentation draw each epoch
+        train_loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]  # a fresh augmentation draw each epoch
         set_train_mode(model)
         total_loss, correct, count = 0.0, 0, 0
         for images, targets in tqdm(train_loader, desc=f"phase 2: fine-tune epoch {epoch}", unit="batch", leave=False):

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision import models
 
-from service.architecture import Classifier, build_backbone, build_head
-from service.backbones import backbone_spec
+from classifier.backbones import backbone_spec
+from classifier.network import ClassifierNet, build_backbone, build_head
 from training.errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def load_backbone(backbone: str, weights: str) -> tuple[nn.Module, str]:
         state, weights_id = _load_weights(backbone, weights)
         state = {k: v for k, v in state.items() if not k.startswith(spec.classifier_attr + ".")}
         try:
-            result = net.load_state_dict(state, strict=False)
+            result = net.load_state_dict(state, strict=True)
             problem = result.missing_keys[:3] + result.unexpected_keys[:3]
         except RuntimeError as exc:  # same keys, other shapes
             problem = [str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)]
@@ -51,9 +51,9 @@ def load_backbone(backbone: str, weights: str) -> tuple[nn.Module, str]:
     return net, weights_id
 
 
-def attach_head(backbone_net: nn.Module, backbone: str, num_classes: int, dropout: float) -> Classifier:
+def attach_head(backbone_net: nn.Module, backbone: str, num_classes: int, dropout: float) -> ClassifierNet:
     """The full network: ``backbone_net`` plus a new randomly initialised head."""
-    return Classifier(backbone_net, build_head(backbone_spec(backbone).feature_dim, num_classes, dropout))
+    return ClassifierNet(backbone_net, build_head(backbone_spec(backbone).feature_dim, num_classes, dropout))
 
 
 def _load_weights(backbone: str, weights: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -92,20 +92,22 @@ def _load_local(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def freeze_backbone(model: Classifier) -> None:
+def freeze_backbone(model: ClassifierNet) -> None:
     """Phase 1: no gradients into the backbone."""
     for param in model.backbone.parameters():
         param.requires_grad_(False)
 
 
-def unfreeze(model: Classifier, prefixes: tuple[str, ...]) -> list[nn.Parameter]:
+def unfreeze(model: ClassifierNet, prefixes: tuple[str, ...]) -> list[nn.Parameter]:
     """Phase 2: enable gradients for backbone modules named by ``prefixes`` (e.g. "layer4").
 
     Returns the parameters that became trainable; raises TrainingError for unknown names.
     """
     params = []
     for prefix in prefixes:
-        matched = [p for name, p in model.backbone.named_parameters() if name == prefix or name.startswith(prefix + ".")]
+        matched = [
+            p for name, p in model.backbone.named_parameters() if name == prefix or name.startswith(prefix + ".")
+        ]
         if not matched:
             blocks = sorted({name.split(".")[0] for name, _ in model.backbone.named_parameters()})
             raise TrainingError(f"--unfreeze {prefix!r} names no backbone block; blocks are: {', '.join(blocks)}")
@@ -115,7 +117,7 @@ def unfreeze(model: Classifier, prefixes: tuple[str, ...]) -> list[nn.Parameter]
     return params
 
 
-def set_train_mode(model: Classifier) -> None:
+def set_train_mode(model: ClassifierNet) -> None:
     """Train the head (dropout on) while every BatchNorm keeps its ImageNet statistics.
 
     As in the Keras fine-tuning tutorial: updating BN statistics on a small dataset would

@@ -13,24 +13,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.architecture import Classifier
-from service.backbones import backbone_spec
-from service.contract import ModelContract
-from service.engine import pick_device
-from service.model_store import ONNX_FILES
-from service.preprocessing import prepare_image
+from classifier.backbones import backbone_spec
+from classifier.contract import ModelContract
+from classifier.device import pick_device
+from classifier.network import ClassifierNet
+from classifier.preprocessing import prepare_image
+from classifier.store import save_model
 from training import features as feats
 from training import report
 from training.config import TrainConfig
 from training.data import TRAINING_MAX_PIXELS, Sample, Splits, load_splits
 from training.datasets import Augmentation, image_loader
 from training.download import fetch_cats_and_dogs, sha256_file
+from training.engine_export import build_and_compare
 from training.errors import TrainingError
-from training.export import save_model
 from training.loop import Evaluation, evaluate_head, evaluate_model, fine_tune, train_head
-from training.metrics import classification_metrics
-from training.onnx_export import build_onnx_engines
 from training.model import attach_head, freeze_backbone, load_backbone, unfreeze
+from training.scores import classification_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +47,12 @@ class RunResult:
     report_path: Path
     plots: list[Path]
     cache_hits: dict[str, bool] = field(default_factory=dict)
-    engines: dict[str, Any] | None = None  # ONNX engines compared with PyTorch on the test split
+    engines: dict[str, Any] | None = None  # exported engines compared with PyTorch on the test split
     timings: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_device(choice: str) -> torch.device:
-    """"auto" picks CUDA when present, else CPU; an explicit CUDA choice must exist."""
+    """ "auto" picks CUDA when present, else CPU; an explicit CUDA choice must exist."""
     try:
         return pick_device(choice)
     except (ValueError, RuntimeError) as exc:
@@ -91,8 +90,10 @@ def run(cfg: TrainConfig) -> RunResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     backbone_net, weights_id = load_backbone(cfg.backbone, cfg.weights)  # before the data: fail fast offline
-    root = cfg.data if cfg.data is not None else fetch_cats_and_dogs(
-        cfg.cache_dir / "datasets", url=cfg.dataset_url, expected_sha256=cfg.dataset_sha256
+    root = (
+        cfg.data
+        if cfg.data is not None
+        else fetch_cats_and_dogs(cfg.cache_root / "datasets", url=cfg.dataset_url, expected_sha256=cfg.dataset_sha256)
     )
     splits = load_splits(root, val_ratio=cfg.val_ratio, test_ratio=cfg.test_ratio, seed=cfg.seed, workers=cfg.workers)
     log_splits(splits)
@@ -101,7 +102,7 @@ def run(cfg: TrainConfig) -> RunResult:
     model = attach_head(backbone_net, cfg.backbone, len(splits.class_names), cfg.dropout)
     contract = make_contract(cfg, splits.class_names, weights_id)
     freeze_backbone(model)
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device).to(memory_format=torch.channels_last)
     augmentation = Augmentation(flip=cfg.flip, rotation=cfg.rotation) if cfg.augment else None
 
     clock = time.perf_counter()
@@ -112,8 +113,16 @@ def run(cfg: TrainConfig) -> RunResult:
     seed_everything(cfg.seed)  # dropout draws from the global RNG: same head whether features were cached or not
     baseline = evaluate_head(model.head, cached["val"][0], cached["val"][1], device)
     history = train_head(
-        model.head, cached["train"][0], cached["train"][1], cached["val"][0], cached["val"][1],
-        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+        model.head,
+        cached["train"][0],
+        cached["train"][1],
+        cached["val"][0],
+        cached["val"][1],
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=device,
     )
     after_head = evaluate_head(model.head, cached["val"][0], cached["val"][1], device)
     timings["head_s"] = time.perf_counter() - clock
@@ -122,35 +131,53 @@ def run(cfg: TrainConfig) -> RunResult:
     if cfg.fine_tune_epochs > 0:
         clock = time.perf_counter()
         history += _fine_tune(cfg, model, contract, splits, augmentation, device, first_epoch=cfg.epochs + 1)
-        evaluations["after_fine_tune"] = evaluate_model(model, _loader(cfg, splits.val, contract, device), device, "validate")
+        evaluations["after_fine_tune"] = evaluate_model(
+            model, _loader(cfg, splits.val, contract, device), device, "validate"
+        )
         evaluations["test"] = evaluate_model(model, _loader(cfg, splits.test, contract, device), device, "test")
         timings["fine_tune_s"] = time.perf_counter() - clock
     else:
         # The backbone is unchanged, so the cached test features are exactly what the full network computes.
         evaluations["test"] = evaluate_head(model.head, cached["test"][0], cached["test"][1], device)
 
-    metrics = {name: classification_metrics(e.probs, e.labels, splits.class_names, e.loss) for name, e in evaluations.items()}
+    metrics = {
+        name: classification_metrics(e.probs, e.labels, splits.class_names, e.loss) for name, e in evaluations.items()
+    }
     payload = _report_payload(cfg, splits, contract, metrics, history, hits, timings)
     plots = _plots(cfg.output, splits, contract, history, metrics, evaluations["test"])
     with tempfile.TemporaryDirectory(prefix="onnx-") as workdir:
-        files, payload["engines"] = _onnx_engines(cfg, model, contract, splits, evaluations["test"], Path(workdir))
+        files, payload["engines"] = _export_engines(cfg, model, contract, splits, evaluations["test"], Path(workdir))
         report_path = report.write_json(cfg.output / report.METRICS_FILE, payload)
         metadata = {**_model_metadata(cfg, splits, metrics["test"]), "engines": payload["engines"]}
-        tag = save_model(cfg.name, model, contract, metadata=metadata, report=payload, files=files)
-    return RunResult(tag, splits, contract, metrics["test"], report_path, plots, cache_hits=hits, timings=timings,
-                     engines=payload["engines"])
+        tag = save_model(cfg.name, model, contract, metadata=metadata, report=payload, engine_files=files)
+    return RunResult(
+        tag,
+        splits,
+        contract,
+        metrics["test"],
+        report_path,
+        plots,
+        cache_hits=hits,
+        timings=timings,
+        engines=payload["engines"],
+    )
 
 
-def _onnx_engines(cfg: TrainConfig, model: Classifier, contract, splits: Splits, test: Evaluation, workdir: Path):
-    """ONNX Runtime graphs to store with the model ({file name: path}) and how they compare with PyTorch."""
-    if cfg.onnx_export == "none":
+def _export_engines(cfg: TrainConfig, model: ClassifierNet, contract, splits: Splits, test: Evaluation, workdir: Path):
+    """The engine files to store with the model ({engine: path}) and how they compare with PyTorch."""
+    if not cfg.export:
         return {}, None
     calibration = random.Random(cfg.seed).sample(splits.train, min(cfg.calibration_images, len(splits.train)))
-    built, comparison = build_onnx_engines(
-        model, contract, workdir, int8=cfg.onnx_export == "int8", calibration=[s.path for s in calibration],
-        test=[s.path for s in splits.test], test_probs=test.probs.numpy(), test_labels=test.labels.numpy(),
+    return build_and_compare(
+        model,
+        contract,
+        workdir,
+        names=cfg.export,
+        calibration=[s.path for s in calibration],
+        test=[s.path for s in splits.test],
+        test_probs=test.probs.numpy(),
+        test_labels=test.labels.numpy(),
     )
-    return {ONNX_FILES[name]: path for name, path in built.items()}, comparison
 
 
 def log_splits(splits: Splits) -> None:
@@ -162,29 +189,56 @@ def log_splits(splits: Splits) -> None:
 
 
 def _loader(cfg: TrainConfig, samples, contract, device, augmentation=None, shuffle=False):
-    return image_loader(samples, contract, batch_size=cfg.batch_size, workers=cfg.workers, augmentation=augmentation,
-                        shuffle=shuffle, seed=cfg.seed, pin_memory=device.type == "cuda")
+    return image_loader(
+        samples,
+        contract,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        augmentation=augmentation,
+        shuffle=shuffle,
+        seed=cfg.seed,
+        pin_memory=device.type == "cuda",
+    )
 
 
-def cached_features(cfg, model: Classifier, contract, splits, augmentation, weights_id, device, splits_wanted=("train", "val", "test")):
+def cached_features(
+    cfg,
+    model: ClassifierNet,
+    contract,
+    splits,
+    augmentation,
+    weights_id,
+    device,
+    splits_wanted=("train", "val", "test"),
+):
     """Cached backbone features: train [V, N, D] (V augmented views), val and test [N, D]."""
     weights_key = sha256_file(Path(cfg.weights).expanduser()) if weights_id.startswith("file:") else weights_id
     base = {
         "fingerprint": splits.fingerprint,
         "backbone": cfg.backbone,
         "weights": weights_key,
-        "preprocessing": contract.model_dump(include={"image_size", "resize_size", "interpolation", "mean", "std"}),
+        "preprocessing": contract.preprocessing(),
     }
-    cache_dir = cfg.cache_dir / "features" if cfg.feature_cache else None
+    cache_dir = cfg.cache_root / "features" if cfg.feature_cache else None
     out, hits = {}, {}
     for split in splits_wanted:
         samples = getattr(splits, split)
         aug = augmentation if split == "train" else None
-        key = {**base, "split": split, "files": _files_key(samples, splits.root),
-               "augmentation": aug and vars(aug), "seed": cfg.seed if aug else None}
+        key = {
+            **base,
+            "split": split,
+            "files": _files_key(samples, splits.root),
+            "augmentation": aug and vars(aug),
+            "seed": cfg.seed if aug else None,
+        }
         features, labels, hits[split] = feats.load_or_extract(
-            model.backbone, _loader(cfg, samples, contract, device, aug), views=cfg.aug_views if aug else 1,
-            key=key, cache_dir=cache_dir, device=device, desc=f"features {split}",
+            model.backbone,
+            _loader(cfg, samples, contract, device, aug),
+            views=cfg.aug_views if aug else 1,
+            key=key,
+            cache_dir=cache_dir,
+            device=device,
+            desc=f"features {split}",
         )
         out[split] = (features if split == "train" else features[0], labels)
     return out, hits
@@ -198,8 +252,16 @@ def _fine_tune(cfg, model, contract, splits, augmentation, device, first_epoch):
     params = unfreeze(model, cfg.unfreeze or backbone_spec(cfg.backbone).default_unfreeze)
     train_loader = _loader(cfg, splits.train, contract, device, augmentation, shuffle=True)
     val_loader = _loader(cfg, splits.val, contract, device)
-    return fine_tune(model, params, train_loader, val_loader, epochs=cfg.fine_tune_epochs, lr=cfg.fine_tune_lr,
-                     first_epoch=first_epoch, device=device)
+    return fine_tune(
+        model,
+        params,
+        train_loader,
+        val_loader,
+        epochs=cfg.fine_tune_epochs,
+        lr=cfg.fine_tune_lr,
+        first_epoch=first_epoch,
+        device=device,
+    )
 
 
 def _report_payload(cfg, splits, contract, metrics, history, hits, timings) -> dict[str, Any]:
@@ -241,6 +303,10 @@ def _plots(output: Path, splits, contract, history, metrics, test: Evaluation) -
     images = [prepare_image(splits.test[i].path.read_bytes(), contract, max_pixels=TRAINING_MAX_PIXELS) for i in shown]
     return [
         report.plot_learning_curves(history, metrics["baseline"], output / report.CURVES_FILE),
-        report.plot_confusion_matrix(metrics["test"]["confusion_matrix"], splits.class_names, output / report.CONFUSION_FILE),
-        report.plot_prediction_grid(images, test.probs[shown], test.labels[shown], splits.class_names, output / report.GRID_FILE),
+        report.plot_confusion_matrix(
+            metrics["test"]["confusion_matrix"], splits.class_names, output / report.CONFUSION_FILE
+        ),
+        report.plot_prediction_grid(
+            images, test.probs[shown], test.labels[shown], splits.class_names, output / report.GRID_FILE
+        ),
     ]

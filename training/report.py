@@ -70,7 +70,7 @@ def plot_prediction_grid(
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, p, label in zip(axes.flat, images, probs, labels):
+    for ax, image, p, label in zip(axes.flat, images, probs, labels, strict=False):  # spare axes stay blank
         pred = int(p.argmax())
         ax.imshow(image.permute(1, 2, 0).numpy())
         ok = pred == int(label)

@@ -24,8 +24,24 @@ def trained_model(tmp_path_factory) -> str:
     """Tag of a small model (ResNet50, random init, 64 px) trained on generated images."""
     root = tmp_path_factory.mktemp("service-model")
     data = make_dataset(root / "data", per_class=12)
-    return saved_tag(train("--data", str(data), "--name", "service-test", "--weights", "none", "--image-size", "64",
-                           "--epochs", "3", "--workers", "0", "--output", str(root / "out")))
+    return saved_tag(
+        train(
+            "--data",
+            str(data),
+            "--name",
+            "service-test",
+            "--weights",
+            "none",
+            "--image-size",
+            "64",
+            "--epochs",
+            "3",
+            "--workers",
+            "0",
+            "--output",
+            str(root / "out"),
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -41,5 +57,23 @@ def slow_model(tmp_path_factory) -> str:
     offer it several times what it serves, and catch requests in flight."""
     root = tmp_path_factory.mktemp("slow-model")
     data = make_dataset(root / "data", per_class=12)
-    return saved_tag(train("--data", str(data), "--name", "slow-test", "--weights", "none", "--image-size", "224",
-                           "--epochs", "1", "--workers", "0", "--onnx-export", "none", "--output", str(root / "out")))
+    return saved_tag(
+        train(
+            "--data",
+            str(data),
+            "--name",
+            "slow-test",
+            "--weights",
+            "none",
+            "--image-size",
+            "224",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--export",
+            "none",
+            "--output",
+            str(root / "out"),
+        )
+    )

@@ -1,4 +1,5 @@
-"""With CLASSIFIER_API_KEY set, the /v1 endpoints need the key; health and metrics stay open; the key is never logged."""
+"""With CLASSIFIER_API_KEY set, the /v1 endpoints need the key; health and metrics stay open; the key is never
+logged."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
         missing = httpx.post(f"{url}/v1/predict", files=files, timeout=60)
         wrong = httpx.post(f"{url}/v1/predict", files=files, headers={"X-API-Key": KEY[:-1] + "0"}, timeout=60)
         bearer = httpx.post(f"{url}/v1/predict", files=files, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-        header = httpx.post(f"{url}/v1/predict/batch", files=[("images", ("a.jpg", HOPPER))], headers={"X-API-Key": KEY}, timeout=60)
+        header = httpx.post(
+            f"{url}/v1/predict/batch", files=[("images", ("a.jpg", HOPPER))], headers={"X-API-Key": KEY}, timeout=60
+        )
         info = httpx.get(f"{url}/v1/model", timeout=60)
         open_paths = [httpx.get(f"{url}{path}", timeout=60).status_code for path in ("/livez", "/readyz", "/metrics")]
         metrics = httpx.get(f"{url}/metrics", timeout=60).text

@@ -13,8 +13,25 @@ from training import benchmark
 def test_benchmark_tiny(tmp_path, capsys):
     data = make_dataset(tmp_path / "data", per_class=10)
     out = tmp_path / "bench.json"
-    assert benchmark.main(["--data", str(data), "--backbone", "resnet18", "--image-size", "32", "--epochs", "2",
-                           "--workers", "0", "--output", str(out)]) == 0
+    assert (
+        benchmark.main(
+            [
+                "--data",
+                str(data),
+                "--backbone",
+                "resnet18",
+                "--image-size",
+                "32",
+                "--epochs",
+                "2",
+                "--workers",
+                "0",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["epochs"] == 2 and result["train_images"] == 16 and result["val_images"] == 2
     # Correctness, not speed: every figure is a real measurement (positive and finite, never rounded to 0),

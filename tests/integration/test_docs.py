@@ -29,8 +29,14 @@ def readme_endpoints() -> list[tuple[str, str]]:
 
 def test_readme_lists_the_endpoints():
     endpoints = readme_endpoints()
-    for expected in [("POST", "/v1/predict"), ("POST", "/v1/predict/batch"), ("GET", "/v1/model"),
-                     ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/docs.json")]:
+    for expected in [
+        ("POST", "/v1/predict"),
+        ("POST", "/v1/predict/batch"),
+        ("GET", "/v1/model"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/docs.json"),
+    ]:
         assert expected in endpoints, endpoints
 
 

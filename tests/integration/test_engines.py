@@ -14,15 +14,17 @@ from tests.support.prom import total
 
 pytestmark = pytest.mark.slow
 FILES = [(p.name, p.read_bytes()) for p in photo_files(PHOTOS)] + [
-    (name, (ODD_IMAGES / name).read_bytes()) for name in ("hopper.png", "hopper_orientation_6.jpg", "pil_sample_cmyk.jpg")
+    (name, (ODD_IMAGES / name).read_bytes())
+    for name in ("hopper.png", "hopper_orientation_6.jpg", "pil_sample_cmyk.jpg")
 ]
 
 
 def probabilities(url: str, files=FILES) -> np.ndarray:
     response = httpx.post(f"{url}/v1/predict/batch", files=[("images", f) for f in files], timeout=120)
     assert response.status_code == 200, response.text
-    return np.array([[s["probability"] for s in sorted(r["top_k"], key=lambda s: s["label"])]
-                     for r in response.json()["results"]])
+    return np.array(
+        [[s["probability"] for s in sorted(r["top_k"], key=lambda s: s["label"])] for r in response.json()["results"]]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +51,19 @@ def test_engines_agree(trained_model, reference, env, tolerance):
         info = httpx.get(f"{url}/v1/model", timeout=60).json()
         metrics = httpx.get(f"{url}/metrics", timeout=60).text
         corrupt = photo_files(PHOTOS)[0].read_bytes()
-        bad = httpx.post(f"{url}/v1/predict/batch", files=[("images", FILES[0]), ("images", ("cut.jpg", corrupt[:5000]))], timeout=60)
+        bad = httpx.post(
+            f"{url}/v1/predict/batch", files=[("images", FILES[0]), ("images", ("cut.jpg", corrupt[:5000]))], timeout=60
+        )
     assert probs.shape == reference.shape
     assert np.abs(probs - reference).max() < tolerance
     assert info["engine"] == env.get("CLASSIFIER_ENGINE", "onnx")
     assert total(metrics, "image_classifier_model_info", engine=info["engine"]) == 1
     assert bad.status_code == 400 and bad.json()["error"] == {
-        "reason": "corrupt_image", "message": bad.json()["error"]["message"], "file": "cut.jpg", "index": 1}
+        "reason": "corrupt_image",
+        "message": bad.json()["error"]["message"],
+        "file": "cut.jpg",
+        "index": 1,
+    }
     jpeg_calls = total(metrics, "bentoml_service_request_total", endpoint="/infer_jpeg", http_response_code="200")
     if env.get("CLASSIFIER_JPEG_DECODE") == "engine":
         assert jpeg_calls >= 1  # the photos went to the runner undecoded

@@ -85,7 +85,7 @@ class Load:
 
 
 def worker(server: RunningServer, role: str) -> psutil.Process:
-    (proc,) = [p for p in psutil.Process(server.process.pid).children(recursive=True) if role_of(p.cmdline()) == role]
+    (proc,) = [p for p in psutil.Process(server.process.pid).children(recursive=True) if role_of(p) == role]
     return proc
 
 
@@ -97,7 +97,11 @@ def metric(url: str, name: str) -> float:
 def test_three_times_capacity_is_shed_with_503_and_latency_recovers(slow_model):
     with start(slow_model) as server:
         capacity = measure_capacity(server.url, PHOTOS, clients=6, seconds=8)
-        phases = [Phase("normal", 10, capacity / 2), Phase("overload", 15, capacity * 3), Phase("recovery", 25, capacity / 2)]
+        phases = [
+            Phase("normal", 10, capacity / 2),
+            Phase("overload", 15, capacity * 3),
+            Phase("recovery", 25, capacity / 2),
+        ]
         outcomes = offer(server.url, phases, PHOTOS, timeout=120)
         shed_metric = metric(server.url, "image_classifier_shed_requests_total")
     normal, overload, recovery = summarize(outcomes, phases)
@@ -131,8 +135,9 @@ def test_a_killed_model_worker_is_replaced_and_clients_get_503_meanwhile(slow_mo
     with start(slow_model) as server, Load(server.url, clients=3) as load:
         startup_s = time.monotonic() - starting
         victim, killed = kill_under_load(server, load, "runner")
-        assert load.wait_for(lambda ev: any(e[0] > killed and e[2] == 200 for e in ev), timeout=90), \
-            _answers(load.events, killed)
+        assert load.wait_for(lambda ev: any(e[0] > killed and e[2] == 200 for e in ev), timeout=90), _answers(
+            load.events, killed
+        )
         back = min(e[1] for e in load.events if e[0] > killed and e[2] == 200) - killed
         replacement = worker(server, "runner")
     assert replacement.pid != victim.pid
@@ -185,8 +190,12 @@ MAX_BIG_REQUESTS = 8
 
 
 def test_past_the_graceful_timeout_the_server_exits_anyway(slow_model):
-    env = {"CLASSIFIER_GRACEFUL_TIMEOUT_S": "1", "CLASSIFIER_MAX_QUEUE_WAIT_MS": "500", "CLASSIFIER_MAX_IMAGES": "32",
-           "CLASSIFIER_MAX_INFLIGHT_IMAGES": str(32 * MAX_BIG_REQUESTS)}
+    env = {
+        "CLASSIFIER_GRACEFUL_TIMEOUT_S": "1",
+        "CLASSIFIER_MAX_QUEUE_WAIT_MS": "500",
+        "CLASSIFIER_MAX_IMAGES": "32",
+        "CLASSIFIER_MAX_INFLIGHT_IMAGES": str(32 * MAX_BIG_REQUESTS),
+    }
     with start(slow_model, **env) as server:
         # Enough work for at least 8 s at this host's measured speed, 8 times the graceful timeout.
         one_s = time.monotonic()

@@ -24,14 +24,21 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_header_claiming(width: int, height: int) -> bytes:
     """A 69-byte PNG whose header declares width x height: a tiny IDAT, then IEND."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    )
 
 
 def many_parts(count: int, *, files: bool) -> tuple[bytes, str]:
     boundary = "hostileboundary"
-    part = (f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\nx\r\n") if files else \
-        f'--{boundary}\r\nContent-Disposition: form-data; name="f"\r\n\r\nv\r\n'
+    part = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\nx\r\n"
+        )
+        if files
+        else f'--{boundary}\r\nContent-Disposition: form-data; name="f"\r\n\r\nv\r\n'
+    )
     return (part * count + f"--{boundary}--\r\n").encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -49,16 +56,30 @@ CORPUS = {
     "random-bytes": (_raw(random.Random(7).randbytes(50_000)), 400, "not_an_image"),
     "json-as-image": (_raw(b'{"image": "https://example.com/cat.jpg"}'), 400, "not_an_image"),
     "html-as-png": (_raw(b"<!doctype html><html><body>hi</body></html>", "image/png"), 400, "not_an_image"),
-    "png-header-claims-10-gigapixels": (_raw(png_header_claiming(100_000, 100_000), "image/png"), 400, "too_many_pixels"),
+    "png-header-claims-10-gigapixels": (
+        _raw(png_header_claiming(100_000, 100_000), "image/png"),
+        400,
+        "too_many_pixels",
+    ),
     "truncated-png-header": (_raw(png_header_claiming(64, 64)[:20], "image/png"), 400, "corrupt_image"),
     "thousands-of-file-parts": (_parts(5000, files=True), 400, "too_many_images"),
     "thousands-of-text-fields": (_parts(5000, files=False), 400, "bad_multipart"),
-    "malformed-boundary": (lambda url: httpx.post(f"{url}/v1/predict", content=b"--a\r\nnonsense\r\n--a",
-                                                  headers={"Content-Type": "multipart/form-data; boundary="}, timeout=60), 400,
-                           "bad_multipart"),
+    "malformed-boundary": (
+        lambda url: httpx.post(
+            f"{url}/v1/predict",
+            content=b"--a\r\nnonsense\r\n--a",
+            headers={"Content-Type": "multipart/form-data; boundary="},
+            timeout=60,
+        ),
+        400,
+        "bad_multipart",
+    ),
     "wrong-content-type": (_raw(HOPPER, "application/json"), 415, "unsupported_media_type"),
-    "pickle-payload": (_raw(b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00K\x01.", "application/vnd.bentoml+pickle"), 415,
-                       "unsupported_media_type"),
+    "pickle-payload": (
+        _raw(b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00K\x01.", "application/vnd.bentoml+pickle"),
+        415,
+        "unsupported_media_type",
+    ),
 }
 
 

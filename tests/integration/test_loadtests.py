@@ -21,9 +21,33 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_locustfile_runs_headless_without_unexpected_failures(server, tmp_path):
     """Realistic traffic, malformed share included (they must get their 4xx), for a few seconds."""
-    result = _run("-m", "locust", "-f", "loadtests/locustfile.py", "ClassifierUser", "--headless", "--host", server,
-                  "-u", "4", "-r", "4", "-t", "10s", "--sizes", "100,640,1200", "--malformed-share", "0.3",
-                  "--batch-share", "0.2", "--seed", "3", "--csv", str(tmp_path / "run"), "--only-summary")
+    result = _run(
+        "-m",
+        "locust",
+        "-f",
+        "loadtests/locustfile.py",
+        "ClassifierUser",
+        "--headless",
+        "--host",
+        server,
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        "10s",
+        "--sizes",
+        "100,640,1200",
+        "--malformed-share",
+        "0.3",
+        "--batch-share",
+        "0.2",
+        "--seed",
+        "3",
+        "--csv",
+        str(tmp_path / "run"),
+        "--only-summary",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {row["Name"]: row for row in csv.DictReader((tmp_path / "run_stats.csv").open())}
     assert int(rows["Aggregated"]["Request Count"]) > 0
@@ -36,8 +60,27 @@ def test_locustfile_runs_headless_without_unexpected_failures(server, tmp_path):
 
 def test_locust_counts_a_wrong_answer_as_a_failure(server, tmp_path):
     """The check is real: photos sent to the wrong field get 400 missing_field, which must fail."""
-    result = _run("-m", "locust", "-f", "loadtests/locustfile.py", "PhotoUser", "--headless", "--host", server,
-                  "-u", "1", "-r", "1", "-t", "3s", "--field", "file", "--csv", str(tmp_path / "run"), "--only-summary")
+    result = _run(
+        "-m",
+        "locust",
+        "-f",
+        "loadtests/locustfile.py",
+        "PhotoUser",
+        "--headless",
+        "--host",
+        server,
+        "-u",
+        "1",
+        "-r",
+        "1",
+        "-t",
+        "3s",
+        "--field",
+        "file",
+        "--csv",
+        str(tmp_path / "run"),
+        "--only-summary",
+    )
     assert result.returncode == 1
     rows = {row["Name"]: row for row in csv.DictReader((tmp_path / "run_stats.csv").open())}
     assert int(rows["Aggregated"]["Failure Count"]) == int(rows["Aggregated"]["Request Count"]) > 0
@@ -45,8 +88,24 @@ def test_locust_counts_a_wrong_answer_as_a_failure(server, tmp_path):
 
 def test_sweep_writes_csv_and_plot(server, tmp_path):
     out = tmp_path / "sweep"
-    result = _run("-m", "loadtests.sweep", "--host", server, "--users", "1,3", "--warm-up", "1", "--duration", "3",
-                  "--malformed-share", "0.2", "--sizes", "100,640,1200", "--out", str(out))
+    result = _run(
+        "-m",
+        "loadtests.sweep",
+        "--host",
+        server,
+        "--users",
+        "1,3",
+        "--warm-up",
+        "1",
+        "--duration",
+        "3",
+        "--malformed-share",
+        "0.2",
+        "--sizes",
+        "100,640,1200",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert [int(r["users"]) for r in rows] == [1, 3]
@@ -64,8 +123,16 @@ def test_sweep_refuses_remote_hosts(tmp_path):
 def test_benchmark_refuses_bad_settings_in_one_line(tmp_path):
     rounds = _run("-m", "loadtests.benchmark", "--rounds", "0", "--out", str(tmp_path / "a"))
     assert rounds.returncode != 0 and rounds.stderr.strip() == "error: --rounds must be at least 1"
-    model = _run("-m", "loadtests.benchmark", "--model", "no-such-model:1", "--photos", "loadtests/photos",
-                 "--out", str(tmp_path / "b"))
+    model = _run(
+        "-m",
+        "loadtests.benchmark",
+        "--model",
+        "no-such-model:1",
+        "--photos",
+        "loadtests/photos",
+        "--out",
+        str(tmp_path / "b"),
+    )
     assert model.returncode != 0 and model.stderr.startswith("error: ") and "no-such-model" in model.stderr
     assert "Traceback" not in model.stderr
 
@@ -73,9 +140,31 @@ def test_benchmark_refuses_bad_settings_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
     """Raw engines, our service with both ONNX engines, and the reference service, briefly."""
-    result = _run("-m", "loadtests.benchmark", "--model", trained_model, "--photos", "loadtests/photos",
-                  "--concurrency", "2", "--batch-sizes", "1,2", "--engine-seconds", "0.2", "--warm-up", "1",
-                  "--duration", "3", "--sizes", "100,640", "--rounds", "2", "--out", str(tmp_path), timeout=1200)
+    result = _run(
+        "-m",
+        "loadtests.benchmark",
+        "--model",
+        trained_model,
+        "--photos",
+        "loadtests/photos",
+        "--concurrency",
+        "2",
+        "--batch-sizes",
+        "1,2",
+        "--engine-seconds",
+        "0.2",
+        "--warm-up",
+        "1",
+        "--duration",
+        "3",
+        "--sizes",
+        "100,640",
+        "--rounds",
+        "2",
+        "--out",
+        str(tmp_path),
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Load: one photo per request, photos at 100,640 px" in result.stdout
     report = json.loads((tmp_path / "benchmark.json").read_text())

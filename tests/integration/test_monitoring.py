@@ -17,7 +17,7 @@ from loadtests.servers import free_port
 from tests.integration.test_service import HOPPER, metrics_text, post_many, post_one
 from tests.support.prom import total
 from tests.support.promql import metric_names
-from tests.unit.test_monitoring import RULES, dashboard_exprs, recorded_names, rule_groups
+from tests.unit.test_monitoring import dashboard_exprs, recorded_names, rule_groups
 
 pytestmark = pytest.mark.slow
 JOB = "image-classifier"
@@ -66,14 +66,23 @@ def prometheus(server):
         yaml.safe_dump(config, fh)
     url = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
-        [binary, f"--config.file={folder}/prometheus.yml", f"--storage.tsdb.path={folder}/data",
-         f"--web.listen-address={url.removeprefix('http://')}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            binary,
+            f"--config.file={folder}/prometheus.yml",
+            f"--storage.tsdb.path={folder}/data",
+            f"--web.listen-address={url.removeprefix('http://')}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
         while not _ok(f"{url}/-/ready"):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "not ready"
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read() if proc.poll() is not None else "not ready"
+            )
             time.sleep(0.2)
         yield url
     finally:
@@ -109,19 +118,28 @@ def test_prometheus_scrapes_what_the_service_served(server, prometheus):
     expected = {
         f'sum(bentoml_service_request_total{{job="{JOB}", service_name="image_classifier", endpoint="/v1/predict", '
         'http_response_code="200"})': total(after, "bentoml_service_request_total", http_response_code="200", **front),
-        f'sum(bentoml_service_request_total{{job="{JOB}", endpoint="/v1/predict", http_response_code="400"}})':
-            total(after, "bentoml_service_request_total", http_response_code="400", **front),
-        f'sum(bentoml_service_adaptive_batch_size_count{{job="{JOB}"}})': total(after, "bentoml_service_adaptive_batch_size_count"),
-        f'sum(image_classifier_inference_batch_images_sum{{job="{JOB}"}})': total(after, "image_classifier_inference_batch_images_sum"),
+        f'sum(bentoml_service_request_total{{job="{JOB}", endpoint="/v1/predict", http_response_code="400"}})': total(
+            after, "bentoml_service_request_total", http_response_code="400", **front
+        ),
+        f'sum(bentoml_service_adaptive_batch_size_count{{job="{JOB}"}})': total(
+            after, "bentoml_service_adaptive_batch_size_count"
+        ),
+        f'sum(image_classifier_inference_batch_images_sum{{job="{JOB}"}})': total(
+            after, "image_classifier_inference_batch_images_sum"
+        ),
         f'sum(image_classifier_predictions_total{{job="{JOB}"}})': total(after, "image_classifier_predictions_total"),
-        f'sum(image_classifier_rejected_inputs_total{{job="{JOB}", reason="not_an_image"}})':
-            total(after, "image_classifier_rejected_inputs_total", reason="not_an_image"),
+        f'sum(image_classifier_rejected_inputs_total{{job="{JOB}", reason="not_an_image"}})': total(
+            after, "image_classifier_rejected_inputs_total", reason="not_an_image"
+        ),
         f'up{{job="{JOB}"}}': 1.0,
     }
     # What this test sent is in there.
     assert total(after, "image_classifier_predictions_total") - total(before, "image_classifier_predictions_total") == 9
-    assert total(after, "image_classifier_rejected_inputs_total", reason="not_an_image") - \
-        total(before, "image_classifier_rejected_inputs_total", reason="not_an_image") == 1
+    assert (
+        total(after, "image_classifier_rejected_inputs_total", reason="not_an_image")
+        - total(before, "image_classifier_rejected_inputs_total", reason="not_an_image")
+        == 1
+    )
     deadline = time.monotonic() + 60
     while (seen := {expr: value(prometheus, expr) for expr in expected}) != expected and time.monotonic() < deadline:
         time.sleep(0.5)

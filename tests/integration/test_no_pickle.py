@@ -31,8 +31,13 @@ with open(os.environ["PICKLE_LOG"], "a") as log:
 def test_serving_never_unpickles(trained_model, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(RECORDER)  # imported by every Python process of the server
     log = tmp_path / "pickle.log"
-    env = {**SERVER_ENV, "CLASSIFIER_MODEL_TAG": trained_model, "CLASSIFIER_JPEG_DECODE": "engine",
-           "PICKLE_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **SERVER_ENV,
+        "CLASSIFIER_MODEL_TAG": trained_model,
+        "CLASSIFIER_JPEG_DECODE": "engine",
+        "PICKLE_LOG": str(log),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
     with serve(env) as url:
         for name in ("hopper.jpg", "hopper.png"):  # infer_jpeg, then infer
             with httpx.Client(timeout=60) as http:

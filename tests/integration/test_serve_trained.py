@@ -3,8 +3,8 @@
 import httpx
 import pytest
 
-from tests.conftest import ODD_IMAGES
 from loadtests.servers import serve
+from tests.conftest import ODD_IMAGES
 from tests.support.cli import saved_tag, train
 from tests.support.synthetic import make_dataset
 
@@ -12,21 +12,67 @@ from tests.support.synthetic import make_dataset
 @pytest.mark.slow
 def test_trained_model_is_served(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=12)
-    tag = saved_tag(train("--data", str(data), "--name", "served", "--weights", "none", "--onnx-export", "none", "--image-size", "64",
-                          "--epochs", "2", "--workers", "0", "--output", str(tmp_path / "out")))
+    tag = saved_tag(
+        train(
+            "--data",
+            str(data),
+            "--name",
+            "served",
+            "--weights",
+            "none",
+            "--export",
+            "none",
+            "--image-size",
+            "64",
+            "--epochs",
+            "2",
+            "--workers",
+            "0",
+            "--output",
+            str(tmp_path / "out"),
+        )
+    )
     with serve({"CLASSIFIER_MODEL_TAG": "served:latest"}) as url:
-        ok = httpx.post(f"{url}/v1/predict", files={"image": ("hopper.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes(), "image/jpeg")}, timeout=60)
+        ok = httpx.post(
+            f"{url}/v1/predict",
+            files={"image": ("hopper.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes(), "image/jpeg")},
+            timeout=60,
+        )
         assert ok.status_code == 200, ok.text
         body = ok.json()
         assert body["model"] == tag
         assert [s["label"] for s in body["top_k"]] in (["cats", "dogs"], ["dogs", "cats"])
         assert sum(s["probability"] for s in body["top_k"]) == pytest.approx(1.0, abs=1e-4)
-        bad = httpx.post(f"{url}/v1/predict", files={"image": ("broken.png", (ODD_IMAGES / "broken.png").read_bytes(), "image/png")}, timeout=60)
+        bad = httpx.post(
+            f"{url}/v1/predict",
+            files={"image": ("broken.png", (ODD_IMAGES / "broken.png").read_bytes(), "image/png")},
+            timeout=60,
+        )
         assert bad.status_code == 400 and "not_an_image" in bad.text
         # A newer version landing in the store does not change what the running server serves:
         # "served:latest" was pinned to one version for the front and the model runner alike.
-        newer = saved_tag(train("--data", str(data), "--name", "served", "--weights", "none", "--onnx-export", "none", "--image-size", "64",
-                                "--epochs", "1", "--workers", "0", "--output", str(tmp_path / "out2")))
+        newer = saved_tag(
+            train(
+                "--data",
+                str(data),
+                "--name",
+                "served",
+                "--weights",
+                "none",
+                "--export",
+                "none",
+                "--image-size",
+                "64",
+                "--epochs",
+                "1",
+                "--workers",
+                "0",
+                "--output",
+                str(tmp_path / "out2"),
+            )
+        )
         assert newer != tag
-        again = httpx.post(f"{url}/v1/predict", files={"image": ("h.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes())}, timeout=60)
+        again = httpx.post(
+            f"{url}/v1/predict", files={"image": ("h.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes())}, timeout=60
+        )
         assert again.json()["model"] == tag and httpx.get(f"{url}/v1/model", timeout=60).json()["tag"] == tag

@@ -19,13 +19,18 @@ HOPPER = (ODD_IMAGES / "hopper.jpg").read_bytes()
 
 
 def post_one(url: str, data: bytes, name: str = "x.jpg", **params) -> httpx.Response:
-    return httpx.post(f"{url}/v1/predict", files={"image": (name, data, "application/octet-stream")}, params=params,
-                      timeout=120)
+    return httpx.post(
+        f"{url}/v1/predict", files={"image": (name, data, "application/octet-stream")}, params=params, timeout=120
+    )
 
 
 def post_many(url: str, files: list[tuple[str, bytes]], **params) -> httpx.Response:
-    return httpx.post(f"{url}/v1/predict/batch", files=[("images", (n, d, "image/jpeg")) for n, d in files],
-                      params=params, timeout=120)
+    return httpx.post(
+        f"{url}/v1/predict/batch",
+        files=[("images", (n, d, "image/jpeg")) for n, d in files],
+        params=params,
+        timeout=120,
+    )
 
 
 def metrics_text(url: str) -> str:
@@ -66,7 +71,7 @@ def test_many_images_in_input_order(server):
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert [x["filename"] for x in results] == names
-    for name, result in zip(names, results):
+    for name, result in zip(names, results, strict=True):
         single = post_one(server, (ODD_IMAGES / name).read_bytes()).json()
         assert result["top_k"][0]["label"] == single["label"]
         assert result["probability"] == pytest.approx(single["probability"], abs=1e-4)
@@ -99,25 +104,68 @@ def _png(width: int, height: int) -> bytes:
 @pytest.mark.parametrize(
     "send, status, reason",
     [
-        (lambda u: httpx.post(f"{u}/v1/predict", content=b"", headers={"Content-Type": "image/png"}, timeout=60), 400, "empty"),
-        (lambda u: httpx.post(f"{u}/v1/predict", content=b"hello", headers={"Content-Type": "text/plain"}, timeout=60), 415,
-         "unsupported_media_type"),
+        (
+            lambda u: httpx.post(f"{u}/v1/predict", content=b"", headers={"Content-Type": "image/png"}, timeout=60),
+            400,
+            "empty",
+        ),
+        (
+            lambda u: httpx.post(
+                f"{u}/v1/predict", content=b"hello", headers={"Content-Type": "text/plain"}, timeout=60
+            ),
+            415,
+            "unsupported_media_type",
+        ),
         (lambda u: httpx.post(f"{u}/v1/predict", files={"file": ("a.jpg", HOPPER)}, timeout=60), 400, "missing_field"),
         (lambda u: httpx.post(f"{u}/v1/predict", files={"image": ("a.jpg", b"")}, timeout=60), 400, "empty"),
-        (lambda u: httpx.post(f"{u}/v1/predict", content=b"<html></html>", headers={"Content-Type": "image/jpeg"}, timeout=60), 400,
-         "not_an_image"),
-        (lambda u: httpx.post(f"{u}/v1/predict", content=b"x" * (3 * 1024 * 1024), headers={"Content-Type": "image/jpeg"}, timeout=60),
-         413, "body_too_large"),
+        (
+            lambda u: httpx.post(
+                f"{u}/v1/predict", content=b"<html></html>", headers={"Content-Type": "image/jpeg"}, timeout=60
+            ),
+            400,
+            "not_an_image",
+        ),
+        (
+            lambda u: httpx.post(
+                f"{u}/v1/predict", content=b"x" * (3 * 1024 * 1024), headers={"Content-Type": "image/jpeg"}, timeout=60
+            ),
+            413,
+            "body_too_large",
+        ),
         (lambda u: post_one(u, _png(1500, 1500)), 400, "too_many_pixels"),
         (lambda u: post_one(u, HOPPER, top_k=0), 400, "bad_parameter"),
-        (lambda u: httpx.post(f"{u}/v1/predict", content=b"--zz\r\nxx", headers={"Content-Type": "multipart/form-data; boundary=yy"}, timeout=60),
-         400, "bad_multipart"),
+        (
+            lambda u: httpx.post(
+                f"{u}/v1/predict",
+                content=b"--zz\r\nxx",
+                headers={"Content-Type": "multipart/form-data; boundary=yy"},
+                timeout=60,
+            ),
+            400,
+            "bad_multipart",
+        ),
         (lambda u: post_many(u, [("a.jpg", HOPPER)] * 13), 400, "too_many_images"),
-        (lambda u: httpx.post(f"{u}/v1/predict/batch", content=HOPPER, headers={"Content-Type": "image/jpeg"}, timeout=60), 415,
-         "unsupported_media_type"),
+        (
+            lambda u: httpx.post(
+                f"{u}/v1/predict/batch", content=HOPPER, headers={"Content-Type": "image/jpeg"}, timeout=60
+            ),
+            415,
+            "unsupported_media_type",
+        ),
     ],
-    ids=["empty-body", "wrong-type", "missing-field", "empty-file", "html-as-jpeg", "body-too-large", "too-many-pixels",
-         "bad-top-k", "bad-multipart", "too-many-images", "batch-raw-body"],
+    ids=[
+        "empty-body",
+        "wrong-type",
+        "missing-field",
+        "empty-file",
+        "html-as-jpeg",
+        "body-too-large",
+        "too-many-pixels",
+        "bad-top-k",
+        "bad-multipart",
+        "too-many-images",
+        "batch-raw-body",
+    ],
 )
 def test_bad_input_gets_4xx_with_reason_and_server_keeps_answering(server, send, status, reason):
     before = total(metrics_text(server), "image_classifier_rejected_inputs_total", reason=reason)
@@ -129,7 +177,9 @@ def test_bad_input_gets_4xx_with_reason_and_server_keeps_answering(server, send,
 
 
 def test_bad_image_in_batch_names_the_file(server):
-    r = post_many(server, [("ok.jpg", HOPPER), ("bad.png", (ODD_IMAGES / "broken.png").read_bytes()), ("ok2.jpg", HOPPER)])
+    r = post_many(
+        server, [("ok.jpg", HOPPER), ("bad.png", (ODD_IMAGES / "broken.png").read_bytes()), ("ok2.jpg", HOPPER)]
+    )
     assert r.status_code == 400
     assert error(r) == {**error(r), "reason": "not_an_image", "file": "bad.png", "index": 1}
 
@@ -177,11 +227,16 @@ def test_project_metrics_move(server, trained_model):
     after = metrics_text(server)
     name = "image_classifier_predictions_total"
     assert total(after, name, class_name=label) == total(before, name, class_name=label) + 1
-    for hist in ("image_classifier_prediction_confidence_count", "image_classifier_preprocess_duration_seconds_count",
-                 "image_classifier_inference_duration_seconds_count"):
+    for hist in (
+        "image_classifier_prediction_confidence_count",
+        "image_classifier_preprocess_duration_seconds_count",
+        "image_classifier_inference_duration_seconds_count",
+    ):
         assert total(after, hist) >= total(before, hist) + 1, hist
-    assert total(after, "image_classifier_model_info", tag=trained_model, backbone="resnet50", device="cpu",
-                 engine="onnx") == 1
+    assert (
+        total(after, "image_classifier_model_info", tag=trained_model, backbone="resnet50", device="cpu", engine="onnx")
+        == 1
+    )
     assert total(after, "bentoml_service_request_total", endpoint="/v1/predict", http_response_code="200") > 0
 
 
@@ -205,12 +260,22 @@ def test_openapi_page_shows_the_schemas(server):
 
 
 def test_pickle_is_refused_on_the_public_port(server):
-    r = httpx.post(f"{server}/v1/predict", content=b"\x80\x04K\x01.", headers={"Content-Type": "application/vnd.bentoml+pickle"}, timeout=60)
+    r = httpx.post(
+        f"{server}/v1/predict",
+        content=b"\x80\x04K\x01.",
+        headers={"Content-Type": "application/vnd.bentoml+pickle"},
+        timeout=60,
+    )
     assert r.status_code == 415
 
 
 def test_model_runner_is_not_exposed_on_the_public_port(server):
-    r = httpx.post(f"{server}/infer", content=b"\x80\x04K\x01.", headers={"Content-Type": "application/vnd.bentoml+pickle"}, timeout=60)
+    r = httpx.post(
+        f"{server}/infer",
+        content=b"\x80\x04K\x01.",
+        headers={"Content-Type": "application/vnd.bentoml+pickle"},
+        timeout=60,
+    )
     assert r.status_code in (404, 405, 415)
 
 

@@ -9,8 +9,9 @@ import sys
 import bentoml
 import pytest
 
-from service.contract import METADATA_KEY
-from service.model_store import ONNX_FILES, WEIGHTS_FILE
+from classifier.contract import METADATA_KEY
+from classifier.engines import ENGINES
+from classifier.store import WEIGHTS_FILE
 from loadtests.servers import REPO, free_port
 
 pytestmark = pytest.mark.slow
@@ -19,7 +20,11 @@ pytestmark = pytest.mark.slow
 def start(env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--port", str(free_port())],
-        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=180,
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -30,8 +35,14 @@ def assert_refused(result: subprocess.CompletedProcess, message: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-def copy_model(source_tag: str, name: str, *, weights=None, metadata_change: dict | None = None,
-               files: dict[str, bytes] | None = None) -> str:
+def copy_model(
+    source_tag: str,
+    name: str,
+    *,
+    weights=None,
+    metadata_change: dict | None = None,
+    files: dict[str, bytes] | None = None,
+) -> str:
     """A copy of the model's weights and metadata (not its ONNX graphs), changed as asked; ``files`` are added."""
     source = bentoml.models.get(source_tag)
     metadata = dict(source.info.metadata)
@@ -67,10 +78,10 @@ def test_metadata_that_does_not_match_the_weights(trained_model):
 
 def test_an_engine_the_model_does_not_have(trained_model):
     tag = copy_model(trained_model, "torch-only")
-    assert_refused(start({"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_ENGINE": "onnx-int8"}), "has no onnx-int8 graph")
+    assert_refused(start({"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_ENGINE": "onnx-int8"}), "has no model.int8.onnx")
 
 
 def test_a_corrupt_onnx_graph(trained_model):
-    graph = open(bentoml.models.get(trained_model).path_of(ONNX_FILES["onnx"]), "rb").read()
-    tag = copy_model(trained_model, "corrupt-onnx", files={ONNX_FILES["onnx"]: graph[: len(graph) // 2]})
+    graph = open(bentoml.models.get(trained_model).path_of(ENGINES["onnx"].file), "rb").read()
+    tag = copy_model(trained_model, "corrupt-onnx", files={ENGINES["onnx"].file: graph[: len(graph) // 2]})
     assert_refused(start({"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_DEVICE": "cpu"}), "cannot load")  # auto: onnx on CPU

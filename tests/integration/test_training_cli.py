@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from service.model_store import describe_model, load_model
-from service.preprocessing import normalize, prepare_image
+from classifier.network import ServingNet
+from classifier.preprocessing import prepare_image
+from classifier.store import describe_model, load_model
 from tests.conftest import SHARED_DATA
 from tests.support.cli import saved_tag, train
 from tests.support.synthetic import make_dataset
@@ -23,7 +24,7 @@ def synthetic(tmp_path_factory):
 
 
 COMMON = ["--weights", "none", "--image-size", "64", "--epochs", "6", "--batch-size", "16", "--workers", "0"]
-NO_ONNX = ["--onnx-export", "none"]
+NO_ONNX = ["--export", "none"]
 
 
 @pytest.mark.slow
@@ -54,7 +55,7 @@ def test_train_save_and_reuse_cache(synthetic, tmp_path):
     splits = load_splits(synthetic, val_ratio=0.2, test_ratio=0.2, seed=0, workers=2)
     batch = torch.stack([prepare_image(s.path.read_bytes(), contract) for s in splits.test])
     with torch.inference_mode():
-        preds = loaded.network(normalize(batch, contract)).argmax(1)
+        preds = ServingNet(loaded.network, contract)(batch).argmax(1)
     labels = torch.tensor([s.label for s in splits.test])
     assert float((preds == labels).float().mean()) == pytest.approx(test["accuracy"], abs=1e-4)
 
@@ -63,15 +64,26 @@ def test_train_save_and_reuse_cache(synthetic, tmp_path):
     assert report2["feature_cache_hits"] == {"train": True, "val": True, "test": True}
     assert report2["metrics"]["test"] == test  # seeded: same features, same head, same result
     assert tag2 != tag1 and load_model("e2e:latest").tag == tag2
-    assert describe_model(tag2).engines == ("torch",)  # --onnx-export none
+    assert describe_model(tag2).engines == ("torch",)  # --export none
 
 
 @pytest.mark.slow
 def test_onnx_engines_are_saved_with_the_model(synthetic, tmp_path):
     """The default run stores fp32 and INT8 graphs beside the weights, and they agree with PyTorch."""
     out = tmp_path / "run"
-    result = train("--data", str(synthetic), "--name", "e2e-onnx", "--output", str(out), *COMMON,
-                   "--epochs", "2", "--calibration-images", "16")
+    result = train(
+        "--data",
+        str(synthetic),
+        "--name",
+        "e2e-onnx",
+        "--output",
+        str(out),
+        *COMMON,
+        "--epochs",
+        "2",
+        "--calibration-images",
+        "16",
+    )
     model = describe_model(saved_tag(result))
     assert model.engines == ("torch", "onnx", "onnx-int8")
     engines = model.metadata["engines"]
@@ -87,8 +99,24 @@ def test_onnx_engines_are_saved_with_the_model(synthetic, tmp_path):
 @pytest.mark.slow
 def test_fine_tuning_phase(synthetic, tmp_path):
     out = tmp_path / "run"
-    tag = saved_tag(train("--data", str(synthetic), "--name", "e2e-ft", "--output", str(out), *COMMON,
-                          "--epochs", "2", "--fine-tune-epochs", "1", "--unfreeze", "layer4", *NO_ONNX))
+    tag = saved_tag(
+        train(
+            "--data",
+            str(synthetic),
+            "--name",
+            "e2e-ft",
+            "--output",
+            str(out),
+            *COMMON,
+            "--epochs",
+            "2",
+            "--fine-tune-epochs",
+            "1",
+            "--unfreeze",
+            "layer4",
+            *NO_ONNX,
+        )
+    )
     report = json.loads((out / "metrics.json").read_text())
     assert [row["phase"] for row in report["history"]] == ["head", "head", "fine-tune"]
     assert "after_fine_tune" in report["metrics"] and report["metrics"]["test"]["count"] == 12
@@ -99,8 +127,25 @@ def test_fine_tuning_phase(synthetic, tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "hymenoptera_data").is_dir(), reason="../shared/data/hymenoptera_data is absent")
 def test_real_photos_with_traps(tmp_path):
     out = tmp_path / "run"
-    result = train("--data", str(SHARED_DATA / "hymenoptera_data"), "--name", "e2e-ants", "--output", str(out),
-                   "--weights", "none", "--image-size", "64", "--epochs", "2", "--aug-views", "1", "--workers", "2", *NO_ONNX)
+    result = train(
+        "--data",
+        str(SHARED_DATA / "hymenoptera_data"),
+        "--name",
+        "e2e-ants",
+        "--output",
+        str(out),
+        "--weights",
+        "none",
+        "--image-size",
+        "64",
+        "--epochs",
+        "2",
+        "--aug-views",
+        "1",
+        "--workers",
+        "2",
+        *NO_ONNX,
+    )
     saved_tag(result)
     dataset = json.loads((out / "metrics.json").read_text())["dataset"]
     # The placeholder GIF and the file name with a space are real, decodable images: kept.
@@ -116,8 +161,10 @@ def test_real_photos_with_traps(tmp_path):
         (lambda p: ["--data", str(p / "missing")], "does not exist"),
         (lambda p: ["--data", str(p)], "at least 2 class sub-folders"),
         (lambda p: ["--data", str(make_dataset(p, classes=("cats",), per_class=3))], "found cats"),
-        (lambda p: ["--dataset-url", "http://127.0.0.1:9/cats_and_dogs_filtered.zip", "--cache-dir", str(p)],
-         "could not download the default dataset"),
+        (
+            lambda p: ["--dataset-url", "http://127.0.0.1:9/cats_and_dogs_filtered.zip", "--cache-dir", str(p)],
+            "could not download the default dataset",
+        ),
     ],
     ids=["missing", "empty", "one-class", "download-failure"],
 )

@@ -1,16 +1,22 @@
 import pytest
 from pydantic import SecretStr
 
-from service.auth import check_api_key, presented_key
-from service.uploads import ApiError
+from service.http.auth import check_api_key, presented_key
+from service.http.errors import ApiError
 
 KEY = SecretStr("s3cret-key-0123456789")
 
 
 @pytest.mark.parametrize(
     "headers, key",
-    [({"authorization": "Bearer abc"}, "abc"), ({"authorization": "bearer  abc "}, "abc"), ({"x-api-key": "abc"}, "abc"),
-     ({"authorization": "Basic abc"}, None), ({"authorization": "Bearer "}, None), ({}, None)],
+    [
+        ({"authorization": "Bearer abc"}, "abc"),
+        ({"authorization": "bearer  abc "}, "abc"),
+        ({"x-api-key": "abc"}, "abc"),
+        ({"authorization": "Basic abc"}, None),
+        ({"authorization": "Bearer "}, None),
+        ({}, None),
+    ],
 )
 def test_presented_key(headers, key):
     assert presented_key(headers) == key
@@ -25,8 +31,14 @@ def test_the_right_key_passes_either_way():
     check_api_key(KEY, {"x-api-key": KEY.get_secret_value()})
 
 
-@pytest.mark.parametrize("headers, message", [({}, "needs an API key"), ({"x-api-key": "wrong"}, "not valid"),
-                                              ({"authorization": "Bearer s3cret-key-012345678"}, "not valid")])
+@pytest.mark.parametrize(
+    "headers, message",
+    [
+        ({}, "needs an API key"),
+        ({"x-api-key": "wrong"}, "not valid"),
+        ({"authorization": "Bearer s3cret-key-012345678"}, "not valid"),
+    ],
+)
 def test_missing_or_wrong_key_is_401(headers, message):
     with pytest.raises(ApiError) as info:
         check_api_key(KEY, headers)

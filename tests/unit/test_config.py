@@ -12,15 +12,26 @@ def test_defaults_match_the_documented_product():
 
 def test_kebab_case_flags_and_help_states_defaults():
     help_text = build_parser().format_help()
-    for flag in ("--fine-tune-epochs", "--image-size", "--batch-size", "--data", "--weights", "--backbone",
-                 "--epochs", "--name", "--device", "--output"):
+    for flag in (
+        "--fine-tune-epochs",
+        "--image-size",
+        "--batch-size",
+        "--data",
+        "--weights",
+        "--backbone",
+        "--epochs",
+        "--name",
+        "--device",
+        "--output",
+    ):
         assert flag in help_text
     assert "(default: 10)" in help_text and "(default: resnet50)" in help_text
 
 
 def test_flags_are_parsed():
-    cfg = parse_args(["--data", "x", "--weights", "none", "--unfreeze", "layer3", "layer4", "--no-augment",
-                      "--resize-size", "300"])
+    cfg = parse_args(
+        ["--data", "x", "--weights", "none", "--unfreeze", "layer3", "layer4", "--no-augment", "--resize-size", "300"]
+    )
     assert str(cfg.data) == "x" and cfg.unfreeze == ("layer3", "layer4") and cfg.augment is False
     assert cfg.effective_resize == 300
 

@@ -1,6 +1,7 @@
 import pytest
+from pydantic import ValidationError
 
-from service.contract import CONTRACT_VERSION, METADATA_KEY, ContractError, ModelContract
+from classifier.contract import CONTRACT_VERSION, METADATA_KEY, ContractError, ModelContract
 
 
 def test_round_trip_through_metadata(contract):
@@ -10,7 +11,7 @@ def test_round_trip_through_metadata(contract):
 
 
 def test_is_frozen(contract):
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         contract.image_size = 128
 
 
@@ -34,3 +35,12 @@ def test_invalid_contracts_are_rejected_with_reason(contract, change, message):
 def test_metadata_without_contract_says_how_to_fix():
     with pytest.raises(ContractError, match="retrain"):
         ModelContract.from_metadata({"foo": "bar"})
+
+
+def test_every_field_declares_whether_it_is_preprocessing(contract):
+    from classifier.contract import ModelContract
+
+    for name, field in ModelContract.model_fields.items():  # a new field must say, or the feature cache could go stale
+        assert isinstance(field.json_schema_extra, dict) and "preprocessing" in field.json_schema_extra, name
+    assert set(ModelContract.preprocessing_fields()) == {"image_size", "resize_size", "interpolation", "mean", "std"}
+    assert contract.preprocessing()["mean"] == list(contract.mean)  # JSON-safe, for the cache key

@@ -10,7 +10,13 @@ from training.errors import TrainingError
 
 
 def _load(root, **kw):
-    return load_splits(root, val_ratio=kw.pop("val_ratio", 0.25), test_ratio=kw.pop("test_ratio", 0.2), seed=kw.pop("seed", 0), workers=2)
+    return load_splits(
+        root,
+        val_ratio=kw.pop("val_ratio", 0.25),
+        test_ratio=kw.pop("test_ratio", 0.2),
+        seed=kw.pop("seed", 0),
+        workers=2,
+    )
 
 
 def test_train_validation_layout_and_test_share(tmp_path):
@@ -18,7 +24,11 @@ def test_train_validation_layout_and_test_share(tmp_path):
     s = _load(tmp_path)
     assert s.layout == "train/ + validation/"
     assert s.class_names == ("cats", "dogs")
-    assert s.counts() == {"train": {"cats": 6, "dogs": 6}, "val": {"cats": 8, "dogs": 8}, "test": {"cats": 2, "dogs": 2}}
+    assert s.counts() == {
+        "train": {"cats": 6, "dogs": 6},
+        "val": {"cats": 8, "dogs": 8},
+        "test": {"cats": 2, "dogs": 2},
+    }
     assert not {x.path for x in s.val} & {x.path for x in s.test}
 
 

@@ -35,7 +35,9 @@ def http_dir(tmp_path):
 
 def test_download_verify_extract_then_reuse(tmp_path, http_dir):
     www, base = http_dir
-    archive = _zip(www / "data.zip", {f"{CATS_DOGS_DIR}/train/cats/a.jpg": b"x", f"{CATS_DOGS_DIR}/validation/dogs/b.jpg": b"y"})
+    archive = _zip(
+        www / "data.zip", {f"{CATS_DOGS_DIR}/train/cats/a.jpg": b"x", f"{CATS_DOGS_DIR}/validation/dogs/b.jpg": b"y"}
+    )
     size, digest = archive.stat().st_size, sha256_file(archive)
     cache = tmp_path / "cache"
     target = fetch_cats_and_dogs(cache, url=f"{base}/data.zip", expected_sha256=digest, expected_size=size)

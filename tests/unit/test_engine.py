@@ -2,12 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from service.architecture import build_classifier
-from service.contract import ContractError
-from service.engine import choose_engine, cpu_threads, int8_caveat, pick_device
-from service.model_store import LoadedModel
-from service.preprocessing import normalize
-from service.torch_engine import TorchEngine, batch_buckets, bucket_for, pad_batch
+from classifier.device import cpu_threads, pick_device
+from classifier.engines import EngineError, agreement_caveat, choose_engine
+from classifier.engines.torch_engine import TorchEngine, batch_buckets, bucket_for, pad_batch
+from classifier.network import build_classifier
+from classifier.store import LoadedModel
 
 CPU = torch.device("cpu")
 ALL = ("torch", "onnx", "onnx-int8")
@@ -17,8 +16,9 @@ def test_engine_matches_plain_forward(contract):
     torch.manual_seed(0)
     network = build_classifier(contract.backbone, contract.num_classes, contract.dropout).eval()
     batch = np.random.default_rng(0).integers(0, 255, (3, 3, 64, 64), dtype=np.uint8)
-    with torch.inference_mode():
-        expected = network(normalize(torch.from_numpy(batch), contract)).softmax(1).numpy()
+    mean, std = torch.tensor(contract.mean).view(3, 1, 1), torch.tensor(contract.std).view(3, 1, 1)
+    with torch.inference_mode():  # the contract's formula, written out: the engine must take uint8 and apply it
+        expected = network((torch.from_numpy(batch).float() / 255 - mean) / std).softmax(1).numpy()
     threads = torch.get_num_threads()
     try:
         engine = TorchEngine(LoadedModel("t:1", contract, network, {}), CPU, threads=1)
@@ -83,19 +83,23 @@ def test_engine_choice(choice, device, available, expected):
 
 
 def test_engine_choice_refuses_what_cannot_be_served():
-    with pytest.raises(ContractError, match="has no onnx-int8 graph .*--onnx-export int8"):
+    with pytest.raises(EngineError, match="has no model.int8.onnx .*--export onnx-int8"):
         choose_engine("onnx-int8", CPU, ("torch", "onnx"))
-    with pytest.raises(ContractError, match="runs on the CPU only"):
+    with pytest.raises(EngineError, match="runs on cpu only"):
         choose_engine("onnx", torch.device("cuda"), ALL)
+    with pytest.raises(EngineError, match="unknown engine 'tensorrt'"):
+        choose_engine("tensorrt", CPU, ALL)
 
 
 def test_int8_caveat_only_below_the_agreement_threshold(contract):
-    from service.model_store import ModelDescription
+    from classifier.store import ModelDescription
 
     def model(engines):
         return ModelDescription("m:1", contract, {"engines": engines} if engines is not None else {}, "w", {})
 
-    assert int8_caveat(model(None)) is None
-    assert int8_caveat(model({"onnx-int8": {"top1_agreement_with_fp32": 0.995}})) is None
-    caveat = int8_caveat(model({"onnx-int8": {"top1_agreement_with_fp32": 0.9, "accuracy_change": -0.05}}))
-    assert "90.0%" in caveat and "-0.050" in caveat and "CLASSIFIER_ENGINE=onnx" in caveat
+    assert agreement_caveat(model(None), "onnx-int8") is None
+    assert agreement_caveat(model({"onnx-int8": {"top1_agreement_with_fp32": 0.995}}), "onnx-int8") is None
+    low = model({"onnx-int8": {"top1_agreement_with_fp32": 0.9, "accuracy_change": -0.05}})
+    caveat = agreement_caveat(low, "onnx-int8")
+    assert "onnx-int8" in caveat and "90.0%" in caveat and "-0.050" in caveat
+    assert agreement_caveat(low, "onnx") is None  # only the engine that disagreed

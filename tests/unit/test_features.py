@@ -64,10 +64,18 @@ def test_load_or_extract_stacks_one_view_per_epoch(tmp_path):
     data = _Epochs(torch.zeros(4, 3, 1, 1), torch.tensor([0, 1, 0, 1]))
     backbone = torch.nn.Flatten()
     key = {"k": "v"}
-    feats, labels, hit = load_or_extract(backbone, DataLoader(data, batch_size=3), views=3, key=key, cache_dir=tmp_path,
-                                         device=torch.device("cpu"), desc="t")
+    feats, labels, hit = load_or_extract(
+        backbone,
+        DataLoader(data, batch_size=3),
+        views=3,
+        key=key,
+        cache_dir=tmp_path,
+        device=torch.device("cpu"),
+        desc="t",
+    )
     assert feats.shape == (3, 4, 3) and not hit and labels.tolist() == [0, 1, 0, 1]
     assert [float(feats[v].mean()) for v in range(3)] == [0.0, 1.0, 2.0]
-    _, _, hit = load_or_extract(backbone, DataLoader(data), views=3, key=key, cache_dir=tmp_path,
-                                device=torch.device("cpu"), desc="t")
+    _, _, hit = load_or_extract(
+        backbone, DataLoader(data), views=3, key=key, cache_dir=tmp_path, device=torch.device("cpu"), desc="t"
+    )
     assert hit

@@ -11,16 +11,20 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.imaging import InputError
-from service.jpeg_batch import batch_decodable
-from service.preprocessing import prepare_image
+from classifier.imaging import InputError
+from classifier.jpeg_batch import batch_decodable
+from classifier.preprocessing import prepare_image
 from tests.conftest import ODD_IMAGES
 
 SEEDS = [p.read_bytes() for p in sorted(ODD_IMAGES.iterdir()) if p.suffix != ".md" and p.stat().st_size < 200_000]
 MAX_PIXELS = 4_000_000
 # The fixtures (a frozen contract, a number) hold no per-example state.
-FUZZ = settings(max_examples=300, deadline=10_000, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=300,
+    deadline=10_000,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def check(data: bytes, contract) -> None:
@@ -49,10 +53,10 @@ def mutated(draw) -> bytes:
     if kind == "splice":
         other = draw(st.sampled_from(SEEDS))
         cut = draw(st.integers(0, min(len(data), 2048)))
-        return bytes(data[:cut]) + other[draw(st.integers(0, len(other))):]
+        return bytes(data[:cut]) + other[draw(st.integers(0, len(other))) :]
     start = draw(st.integers(0, min(len(data) - 1, 4096)))  # garble the header region
     junk = draw(st.binary(min_size=1, max_size=64))
-    return bytes(data[:start]) + junk + bytes(data[start + len(junk):])
+    return bytes(data[:start]) + junk + bytes(data[start + len(junk) :])
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,36 @@
 """Decoding real odd files (tests/data/odd-images, from Pillow's test suite)."""
 
 import io
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging import InputError, decode_image
+from classifier.imaging import InputError, decode_image
 
 DECODABLE = [
-    "hopper.jpg", "hopper.png", "hopper.webp", "hopper.gif", "hopper.tif", "hopper.bmp",
-    "hopper_orientation_6.jpg", "hopper_orientation_8.jpg", "orientation_rectangle.jpg",
-    "pil_sample_cmyk.jpg", "hopper_gray.jpg", "jfif_unit_cm.jpg", "16bit.cropped.tif",
-    "uncompressed_la.png", "p_16.png", "pil123rgba.png", "rgb_trns.png", "tRNS_null_1x1.png",
-    "app13-multiple.jpg", "hopper_16bit_qtables.jpg", "exif-dpi-zerodivision.jpg", "junk_jpeg_header.jpg",
+    "hopper.jpg",
+    "hopper.png",
+    "hopper.webp",
+    "hopper.gif",
+    "hopper.tif",
+    "hopper.bmp",
+    "hopper_orientation_6.jpg",
+    "hopper_orientation_8.jpg",
+    "orientation_rectangle.jpg",
+    "pil_sample_cmyk.jpg",
+    "hopper_gray.jpg",
+    "jfif_unit_cm.jpg",
+    "16bit.cropped.tif",
+    "uncompressed_la.png",
+    "p_16.png",
+    "pil123rgba.png",
+    "rgb_trns.png",
+    "tRNS_null_1x1.png",
+    "app13-multiple.jpg",
+    "hopper_16bit_qtables.jpg",
+    "exif-dpi-zerodivision.jpg",
+    "junk_jpeg_header.jpg",
 ]
 REJECTED = {
     "truncated_jpeg.jpg": "corrupt_image",
@@ -50,7 +66,9 @@ def test_decompression_bomb_is_rejected_without_decoding(odd_image, monkeypatch)
     with pytest.raises(InputError) as info:
         decode_image(odd_image("decompression_bomb.gif"))
     assert info.value.reason == "too_many_pixels"
-    assert not [size for size in loads if size[0] * size[1] > 100_000_000]  # refused from its header: 4.3 GP never decoded
+    assert not [
+        size for size in loads if size[0] * size[1] > 100_000_000
+    ]  # refused from its header: 4.3 GP never decoded
 
 
 def test_pixel_cap_is_checked_from_the_header(odd_image):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.jpeg_batch import batch_decodable, decode_batch, mark_failed
-from service.preprocessing import prepare_image
+from classifier.jpeg_batch import JpegResult, batch_decodable, classify_jpegs, decode_batch
+from classifier.preprocessing import prepare_image
 from tests.conftest import ODD_IMAGES
 
 CPU = torch.device("cpu")
@@ -40,7 +40,7 @@ def test_batch_decoding_matches_the_pillow_path(contract):
     contract = contract.model_copy(update={"image_size": 224, "resize_size": 256})
     datas = [p.read_bytes() for p in PHOTOS]
     batch, failed = decode_batch(datas, contract, CPU)
-    assert failed == [] and batch.shape == (len(datas), 3, 224, 224) and batch.dtype == torch.uint8
+    assert failed == {} and batch.shape == (len(datas), 3, 224, 224) and batch.dtype == torch.uint8
     expected = torch.stack([prepare_image(d, contract) for d in datas])
     assert (batch.float() - expected.float()).abs().mean() < 0.5
 
@@ -48,7 +48,20 @@ def test_batch_decoding_matches_the_pillow_path(contract):
 def test_a_corrupt_jpeg_fails_alone(contract):
     good = PHOTOS[0].read_bytes()
     batch, failed = decode_batch([good, good[: len(good) // 3], good], contract, CPU)
-    assert failed == [1]
+    assert list(failed) == [1] and failed[1]
     assert (batch[1] == 0).all() and torch.equal(batch[0], batch[2]) and batch[0].float().std() > 10
-    probs = mark_failed(np.full((3, 2), 0.5, dtype=np.float32), failed)
-    assert np.isnan(probs[1]).all() and not np.isnan(probs[[0, 2]]).any()
+
+
+def test_each_image_gets_its_probabilities_or_its_error(contract):
+    good = PHOTOS[0].read_bytes()
+    seen = []
+
+    def predict(batch):
+        seen.append(len(batch))
+        return np.tile(np.array([[0.25, 0.75]], np.float32), (len(batch), 1))
+
+    results = classify_jpegs([good, good[: len(good) // 3], good], contract, CPU, predict)
+    assert seen == [3]  # one model call for the batch
+    assert [r.probabilities for r in results] == [[0.25, 0.75], None, [0.25, 0.75]]
+    assert results[1].error and results[0].error is None
+    assert JpegResult.model_validate(results[1].model_dump()) == results[1]  # what crosses to the front

@@ -22,8 +22,9 @@ def render(overlay: str) -> dict[str, dict]:
     """`kubectl kustomize` of an overlay, by kind."""
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl (with its built-in kustomize) is absent")
-    result = subprocess.run(["kubectl", "kustomize", str(KUBERNETES / "overlays" / overlay)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     by_kind = {doc["kind"]: doc for doc in docs}
@@ -46,8 +47,14 @@ def test_base_files_validate_on_their_own():
 
 def test_rendered_resources_validate(overlay):
     _, resources = overlay
-    assert set(resources) == {"ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-                              "ServiceMonitor"}
+    assert set(resources) == {
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+    }
     for kind, doc in resources.items():
         if kind not in CRDS:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -117,7 +124,9 @@ def test_resources_and_gpu(overlay):
     assert ("nvidia.com/gpu" in limits) is (name == "gpu")
     if name == "gpu":
         assert limits["nvidia.com/gpu"] == requests["nvidia.com/gpu"] == 1
-        assert any(t["key"] == "nvidia.com/gpu" for t in resources["Deployment"]["spec"]["template"]["spec"]["tolerations"])
+        assert any(
+            t["key"] == "nvidia.com/gpu" for t in resources["Deployment"]["spec"]["template"]["spec"]["tolerations"]
+        )
 
 
 def test_api_key_comes_from_an_optional_secret_never_from_the_manifests(overlay):

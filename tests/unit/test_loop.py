@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from service.architecture import build_head
+from classifier.network import build_head
 from training.loop import evaluate_head, fold_standardization, train_head
 
 CPU = torch.device("cpu")
@@ -30,8 +30,18 @@ def test_head_learns_separable_features_and_takes_raw_features_after():
     torch.manual_seed(0)  # the head's init and dropout draw from the global generator
     head = build_head(16, 2, dropout=0.2)
     before = evaluate_head(head, val_x, val_y, CPU)
-    history = train_head(head, torch.stack([train_x, train_x]), train_y, val_x, val_y,
-                         epochs=5, lr=1e-2, batch_size=32, seed=0, device=CPU)
+    history = train_head(
+        head,
+        torch.stack([train_x, train_x]),
+        train_y,
+        val_x,
+        val_y,
+        epochs=5,
+        lr=1e-2,
+        batch_size=32,
+        seed=0,
+        device=CPU,
+    )
     after = evaluate_head(head, val_x, val_y, CPU)  # raw features: standardisation was folded in
     assert len(history) == 5 and history[-1]["phase"] == "head"
     assert after.accuracy > 0.95 and after.loss < before.loss

@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import save_file
 from torchvision import models
 
-from service.architecture import build_classifier
-from service.backbones import BACKBONES
+from classifier.backbones import BACKBONES
+from classifier.network import build_classifier
 from training import model as model_mod
 from training.errors import TrainingError
 from training.model import attach_head, freeze_backbone, load_backbone, set_train_mode, unfreeze

@@ -15,8 +15,9 @@ from tests.support.promql import metric_names
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"
 DASHBOARD = DEPLOY / "grafana" / "image-classifier.json"
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool is absent: apt-get install prometheus (.ci/run does)")
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool is absent: apt-get install prometheus (.ci/run does)"
+)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -40,9 +41,14 @@ def test_rules_unit_tests_pass():
 def test_rules_unit_tests_can_fail(tmp_path):
     """The promtool tests are real: with the error-rate threshold raised they fail."""
     shutil.copy(RULES.parent / "rules_test.yml", tmp_path)
-    (tmp_path / "rules.yml").write_text(RULES.read_text().replace("image_classifier:error_ratio:rate5m > 0.01",
-                                                                  "image_classifier:error_ratio:rate5m > 0.5"))
-    result = subprocess.run(["promtool", "test", "rules", "rules_test.yml"], cwd=tmp_path, capture_output=True, text=True)
+    (tmp_path / "rules.yml").write_text(
+        RULES.read_text().replace(
+            "image_classifier:error_ratio:rate5m > 0.01", "image_classifier:error_ratio:rate5m > 0.5"
+        )
+    )
+    result = subprocess.run(
+        ["promtool", "test", "rules", "rules_test.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode != 0 and "ImageClassifierHighErrorRate" in result.stdout + result.stderr
 
 
@@ -66,8 +72,13 @@ def dashboard_exprs() -> list[str]:
 
 def test_alerts_cover_the_failure_modes():
     alerts = {rule["alert"]: rule for group in rule_groups() for rule in group["rules"] if "alert" in rule}
-    assert set(alerts) == {"ImageClassifierHighErrorRate", "ImageClassifierLatencyOverBudget", "ImageClassifierNotReady",
-                           "ImageClassifierSheddingLoad", "ImageClassifierBatchingCollapsed"}
+    assert set(alerts) == {
+        "ImageClassifierHighErrorRate",
+        "ImageClassifierLatencyOverBudget",
+        "ImageClassifierNotReady",
+        "ImageClassifierSheddingLoad",
+        "ImageClassifierBatchingCollapsed",
+    }
     for rule in alerts.values():
         assert rule["labels"]["severity"] in {"page", "ticket"} and rule["annotations"]["summary"]
 
@@ -77,20 +88,30 @@ def test_dashboard_is_importable_and_shows_what_operators_need():
     assert dashboard["uid"] == "image-classifier" and dashboard["title"]
     assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "job"}
     titles = {panel["title"] for panel in dashboard["panels"]}
-    assert {"Throughput", "Latency percentiles", "Images per forward pass", "Rejected inputs by reason",
-            "Predictions by class", "Top-1 confidence"} <= titles
+    assert {
+        "Throughput",
+        "Latency percentiles",
+        "Images per forward pass",
+        "Rejected inputs by reason",
+        "Predictions by class",
+        "Top-1 confidence",
+    } <= titles
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
-        assert panel["targets"] and all(t["expr"] and t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
+        assert panel["targets"] and all(
+            t["expr"] and t["datasource"]["uid"] == "${datasource}" for t in panel["targets"]
+        )
 
 
 @pytest.mark.parametrize(
     "expr, names",
     [
         ('sum by (le) (rate(a_bucket{job=~"$job", x="y{z}"}[$__rate_interval]))', {"a_bucket"}),
-        ("image_classifier:batch_images:avg5m < 1.5 and on (job) sum by (job) (b_total) > 5",
-         {"image_classifier:batch_images:avg5m", "b_total"}),
+        (
+            "image_classifier:batch_images:avg5m < 1.5 and on (job) sum by (job) (b_total) > 5",
+            {"image_classifier:batch_images:avg5m", "b_total"},
+        ),
         ('up{job=~".*"} == 0 or absent(info == 1)', {"up", "info"}),
         ("histogram_quantile(0.99, sum without (pod) (rate(c[5m])))", {"c"}),
     ],

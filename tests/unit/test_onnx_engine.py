@@ -4,26 +4,35 @@ import numpy as np
 import pytest
 import torch
 
-from service.architecture import build_classifier
-from service.model_store import LoadedModel
-from service.onnx_engine import OnnxEngine, OnnxEngineError, softmax
-from service.torch_engine import TorchEngine
-from training.onnx_export import compare_engines, export_onnx, quantize_int8
+from classifier.engines import ENGINES, EngineError, ExportRequest
+from classifier.engines.ort_engine import OnnxEngine
+from classifier.engines.ort_int8 import nodes_after_last_conv
+from classifier.engines.torch_engine import TorchEngine
+from classifier.network import build_classifier
+from classifier.store import LoadedModel
+from training.engine_export import compare_engines
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from service.contract import ModelContract
+    from classifier.contract import ModelContract
 
-    contract = ModelContract(class_names=("a", "b", "c"), backbone="resnet18", weights="none", image_size=64,
-                             resize_size=72, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), dropout=0.2)
+    contract = ModelContract(
+        class_names=("a", "b", "c"),
+        backbone="resnet18",
+        weights="none",
+        image_size=64,
+        resize_size=72,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        dropout=0.2,
+    )
     torch.manual_seed(0)
     network = build_classifier(contract.backbone, contract.num_classes, contract.dropout).eval()
     folder = tmp_path_factory.mktemp("onnx")
-    fp32 = export_onnx(network, contract, folder / "model.onnx")
-    rng = np.random.default_rng(0)
-    calibration = rng.integers(0, 255, (20, 3, 64, 64), dtype=np.uint8)
-    int8 = quantize_int8(fp32, folder / "model.int8.onnx", calibration, contract)
+    calibration = np.random.default_rng(0).integers(0, 255, (20, 3, 64, 64), dtype=np.uint8)
+    fp32 = ENGINES["onnx"].export(ExportRequest(network, contract, folder, calibration, {}))
+    int8 = ENGINES["onnx-int8"].export(ExportRequest(network, contract, folder, calibration, {"onnx": fp32}))
     return contract, network, fp32, int8
 
 
@@ -51,8 +60,8 @@ def test_int8_is_quantized_and_close_to_fp32(exported):
     full = OnnxEngine(str(fp32), contract, threads=1)
     quantized = OnnxEngine(str(int8), contract, threads=1, name="onnx-int8")
     assert np.allclose(quantized.predict(images).sum(1), 1.0, atol=1e-5)
-    # The logits follow fp32's closely (a broken quantization gives unrelated or constant logits).
-    q, f = quantized.logits(images).ravel(), full.logits(images).ravel()
+    # The log-probabilities follow fp32's closely (a broken quantization gives unrelated or constant ones).
+    q, f = np.log(quantized.predict(images) + 1e-12).ravel(), np.log(full.predict(images) + 1e-12).ravel()
     assert np.corrcoef(q, f)[0, 1] > 0.95
 
 
@@ -61,8 +70,15 @@ def test_engine_comparison_report(exported):
     images = _images(8)
     reference = TorchEngine(LoadedModel("t:1", contract, network, {}), torch.device("cpu"), threads=1).predict(images)
     labels = reference.argmax(1)
-    report = compare_engines(reference, OnnxEngine(str(fp32), contract, threads=1),
-                             OnnxEngine(str(int8), contract, threads=1), images, labels)
+    report = compare_engines(
+        {
+            "onnx": OnnxEngine(str(fp32), contract, threads=1),
+            "onnx-int8": OnnxEngine(str(int8), contract, threads=1, name="onnx-int8"),
+        },
+        reference,
+        images,
+        labels,
+    )
     assert report["images"] == 8 and report["torch_accuracy"] == 1.0
     assert report["onnx"]["accuracy"] == 1.0 and report["onnx"]["top1_agreement_with_torch"] == 1.0
     q = report["onnx-int8"]
@@ -74,31 +90,39 @@ def test_a_corrupt_or_foreign_graph_is_refused(exported, tmp_path):
     contract, _, fp32, _ = exported
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(fp32.read_bytes()[:5000])
-    with pytest.raises(OnnxEngineError, match="cannot load"):
+    with pytest.raises(EngineError, match="cannot load"):
         OnnxEngine(str(broken), contract, threads=1)
-    with pytest.raises(OnnxEngineError, match="cannot load"):
+    with pytest.raises(EngineError, match="cannot load"):
         OnnxEngine(str(tmp_path / "missing.onnx"), contract, threads=1)
     bigger = contract.model_copy(update={"image_size": 96, "resize_size": 110})
-    with pytest.raises(OnnxEngineError, match=r"not images \[N, 3, 96, 96\]"):
+    with pytest.raises(EngineError, match=r"not images \[N, 3, 96, 96\]"):
         OnnxEngine(str(fp32), bigger, threads=1)
 
 
-def test_softmax_is_stable_and_normalised():
-    probs = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]], dtype=np.float32))
-    assert np.isfinite(probs).all()
-    assert np.allclose(probs, [[1.0, 0.0], [0.5, 0.5]])
+def test_the_graph_takes_uint8_and_returns_probabilities(exported):
+    _, _, fp32, int8 = exported
+    import onnx
+
+    for path in (fp32, int8):
+        graph = onnx.load(str(path), load_external_data=False).graph
+        assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        assert [o.name for o in graph.output] == ["probabilities"]
+        assert graph.node[-1].op_type == "Softmax"
 
 
 def test_the_head_stays_fp32(exported):
     """Only the convolutional part is quantized: nothing after the last Conv gets QDQ nodes."""
     import onnx
 
-    from training.onnx_export import nodes_after_last_conv
-
     _, _, fp32, int8 = exported
     tail = nodes_after_last_conv(fp32)
     ops = [n.op_type for n in onnx.load(str(fp32), load_external_data=False).graph.node]
-    assert "Gemm" in [ops[-1]] and len(tail) < len(ops) and "Conv" not in ops[len(ops) - len(tail):]
+    assert (
+        ops[-1] == "Softmax"
+        and "Gemm" in ops[-3:]
+        and len(tail) < len(ops)
+        and "Conv" not in ops[len(ops) - len(tail) :]
+    )
     quantized = onnx.load(str(int8), load_external_data=False).graph.node
     dequantized = {out for n in quantized if n.op_type == "DequantizeLinear" for out in n.output}
     (gemm,) = [n for n in quantized if n.op_type == "Gemm"]

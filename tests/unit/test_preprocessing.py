@@ -1,7 +1,8 @@
 import torch
 from PIL import Image
 
-from service.preprocessing import normalize, prepare_image, resize_and_crop
+from classifier.network import Normalize, ServingNet, build_classifier
+from classifier.preprocessing import prepare_image, resize_and_crop
 
 
 def test_resize_and_crop_gives_contract_shape_for_any_aspect(contract):
@@ -20,11 +21,23 @@ def test_center_crop_keeps_the_middle(contract):
 
 def test_normalize_matches_formula(contract):
     batch = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
-    out = normalize(batch, contract)
+    normalize = Normalize.from_contract(contract)
+    out = normalize(batch)
     expected = (1.0 - torch.tensor(contract.mean)) / torch.tensor(contract.std)
     assert out.dtype == torch.float32
     assert torch.allclose(out[1, :, 2, 2], expected)
-    assert torch.allclose(normalize(batch[0], contract), out[0])
+    assert torch.allclose(normalize(batch[0]), out[0])  # one image too (training's datasets)
+    assert normalize.to(torch.bfloat16)(batch).dtype == torch.bfloat16  # the network's dtype on a GPU
+
+
+def test_serving_network_takes_uint8_and_returns_probabilities(contract):
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout).eval()
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        probs = ServingNet(network, contract).eval()(images)
+        logits = network(Normalize.from_contract(contract)(images))
+    assert probs.dtype == torch.float32 and torch.allclose(probs.sum(1), torch.ones(3))
+    assert torch.allclose(probs, logits.softmax(1), atol=1e-6)
 
 
 def test_prepare_image_same_photo_any_format(odd_image, contract):

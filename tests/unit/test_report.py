@@ -10,7 +10,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _history():
     rows = [{"phase": "head", "epoch": e} for e in (1, 2)] + [{"phase": "fine-tune", "epoch": 3}]
     for i, row in enumerate(rows):
-        row.update(train_loss=1.0 / (i + 1), train_accuracy=0.5 + i / 10, val_loss=1.1 / (i + 1), val_accuracy=0.5 + i / 9)
+        row.update(
+            train_loss=1.0 / (i + 1), train_accuracy=0.5 + i / 10, val_loss=1.1 / (i + 1), val_accuracy=0.5 + i / 9
+        )
     return rows
 
 
@@ -19,8 +21,11 @@ def test_plots_are_png_files(tmp_path):
         report.plot_learning_curves(_history(), {"loss": 0.7, "accuracy": 0.5}, tmp_path / "curves.png"),
         report.plot_confusion_matrix([[3, 1], [0, 4]], ("a", "b"), tmp_path / "cm.png"),
         report.plot_prediction_grid(
-            [torch.zeros(3, 32, 32, dtype=torch.uint8)] * 3, torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]),
-            torch.tensor([0, 0, 1]), ("a", "b"), tmp_path / "grid.png",
+            [torch.zeros(3, 32, 32, dtype=torch.uint8)] * 3,
+            torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]),
+            torch.tensor([0, 0, 1]),
+            ("a", "b"),
+            tmp_path / "grid.png",
         ),
     ]
     for path in paths:

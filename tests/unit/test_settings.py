@@ -12,8 +12,14 @@ def test_defaults_are_explicit():
 
 
 def test_engine_settings():
-    s = ServiceSettings.from_env({"CLASSIFIER_ENGINE": "onnx-int8", "CLASSIFIER_COMPILE": "true",
-                                  "CLASSIFIER_JPEG_DECODE": "engine", "CLASSIFIER_MODEL_WORKERS": "2"})
+    s = ServiceSettings.from_env(
+        {
+            "CLASSIFIER_ENGINE": "onnx-int8",
+            "CLASSIFIER_COMPILE": "true",
+            "CLASSIFIER_JPEG_DECODE": "engine",
+            "CLASSIFIER_MODEL_WORKERS": "2",
+        }
+    )
     assert (s.engine, s.compile, s.jpeg_decode, s.model_workers) == ("onnx-int8", True, "engine", 2)
 
 
@@ -22,9 +28,17 @@ def test_environment_overrides():
     assert s.model_tag == "m:1" and s.max_batch_size == 4
 
 
-@pytest.mark.parametrize("var, value", [("CLASSIFIER_MAX_BATCH_SIZE", "abc"), ("CLASSIFIER_MAX_BATCH_SIZE", "0"),
-                                        ("CLASSIFIER_DEVICE", "tpu"), ("CLASSIFIER_ENGINE", "tensorrt"),
-                                        ("CLASSIFIER_JPEG_DECODE", "gpu"), ("CLASSIFIER_MODEL_WORKERS", "0")])
+@pytest.mark.parametrize(
+    "var, value",
+    [
+        ("CLASSIFIER_MAX_BATCH_SIZE", "abc"),
+        ("CLASSIFIER_MAX_BATCH_SIZE", "0"),
+        ("CLASSIFIER_DEVICE", "tpu"),
+        ("CLASSIFIER_ENGINE", "tensorrt"),
+        ("CLASSIFIER_JPEG_DECODE", "gpu"),
+        ("CLASSIFIER_MODEL_WORKERS", "0"),
+    ],
+)
 def test_bad_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var) as info:
         ServiceSettings.from_env({var: value})
@@ -41,15 +55,21 @@ def test_api_key_is_secret_and_checked_without_echoing_it():
 
 def test_admission_capacity_defaults_to_two_batches_and_fits_a_full_request():
     assert ServiceSettings().inflight_capacity == 32  # 2 x 16 x 1 worker, = MAX_IMAGES
-    assert ServiceSettings.from_env({"CLASSIFIER_MAX_BATCH_SIZE": "64", "CLASSIFIER_MODEL_WORKERS": "2"}
-                                    ).inflight_capacity == 256
+    assert (
+        ServiceSettings.from_env({"CLASSIFIER_MAX_BATCH_SIZE": "64", "CLASSIFIER_MODEL_WORKERS": "2"}).inflight_capacity
+        == 256
+    )
     assert ServiceSettings.from_env({"CLASSIFIER_MAX_INFLIGHT_IMAGES": "40"}).inflight_capacity == 40
-    with pytest.raises(SettingsError, match="CLASSIFIER_MAX_INFLIGHT_IMAGES=8 must be at least CLASSIFIER_MAX_IMAGES=32"):
+    with pytest.raises(
+        SettingsError, match="CLASSIFIER_MAX_INFLIGHT_IMAGES=8 must be at least CLASSIFIER_MAX_IMAGES=32"
+    ):
         ServiceSettings.from_env({"CLASSIFIER_MAX_INFLIGHT_IMAGES": "8"})
 
 
-@pytest.mark.parametrize("var, value", [("CLASSIFIER_MAX_QUEUE", "-1"), ("CLASSIFIER_MAX_QUEUE_WAIT_MS", "0"),
-                                        ("CLASSIFIER_GRACEFUL_TIMEOUT_S", "0")])
+@pytest.mark.parametrize(
+    "var, value",
+    [("CLASSIFIER_MAX_QUEUE", "-1"), ("CLASSIFIER_MAX_QUEUE_WAIT_MS", "0"), ("CLASSIFIER_GRACEFUL_TIMEOUT_S", "0")],
+)
 def test_admission_and_shutdown_limits_are_checked(var, value):
     with pytest.raises(SettingsError, match=var):
         ServiceSettings.from_env({var: value})

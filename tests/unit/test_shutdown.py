@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from service.shutdown import FORCE_EXIT_AFTER_S, drain_then_stop, on_sigterm, service_name_of
+from service.bentoml_compat import service_name_of
+from service.shutdown import FORCE_EXIT_AFTER_S, drain_then_stop, on_sigterm
 
 
 class Clock:
@@ -27,8 +28,14 @@ class Clock:
 
 def drain(timeout_s, wait_while=None):
     clock, calls = Clock(), []
-    drain_then_stop(lambda sig, _: calls.append((sig, round(clock.now, 2))), timeout_s, wait_while, clock=clock,
-                    sleep=clock.sleep, exit_now=lambda code: calls.append(("exit", code, round(clock.now, 2))))
+    drain_then_stop(
+        lambda sig, _: calls.append((sig, round(clock.now, 2))),
+        timeout_s,
+        wait_while,
+        clock=clock,
+        sleep=clock.sleep,
+        exit_now=lambda code: calls.append(("exit", code, round(clock.now, 2))),
+    )
     return clock, calls
 
 
@@ -36,8 +43,14 @@ def test_the_runner_stops_once_the_front_is_gone_and_is_forced_at_the_timeout():
     front_exits_at = 3.0
     clock = Clock()
     calls = []
-    drain_then_stop(lambda sig, _: calls.append((sig, round(clock.now, 2))), 10, lambda: clock.now < front_exits_at,
-                    clock=clock, sleep=clock.sleep, exit_now=lambda code: calls.append(("exit", code, clock.now)))
+    drain_then_stop(
+        lambda sig, _: calls.append((sig, round(clock.now, 2))),
+        10,
+        lambda: clock.now < front_exits_at,
+        clock=clock,
+        sleep=clock.sleep,
+        exit_now=lambda code: calls.append(("exit", code, clock.now)),
+    )
     (graceful, when), (forced, at), (_, code, exited) = calls
     assert graceful == signal.SIGTERM and front_exits_at <= when < front_exits_at + 0.2
     assert forced == signal.SIGINT and at >= 10  # uvicorn: SIGINT after SIGTERM = stop waiting
@@ -56,17 +69,19 @@ def test_the_front_stops_at_once():
 
 def test_service_workers_alive_sees_a_sibling_by_its_service_name():
     # this process's parent is pytest's parent; start a sibling-like child and ask from a grandchild instead
-    code = ("import sys, subprocess, time\n"
-            "sib = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', '--service-name', 'front'])\n"
-            "time.sleep(0.5)\n"
-            "probe = subprocess.run([sys.executable, '-c', 'from service.shutdown import service_workers_alive as a; "
-            "print(a(\"front\")(), a(\"other\")())'], capture_output=True, text=True)\n"
-            "sib.kill(); sib.wait()\n"
-            "after = subprocess.run([sys.executable, '-c', 'from service.shutdown import service_workers_alive as a; "
-            "print(a(\"front\")())'], capture_output=True, text=True)\n"
-            "print(probe.stdout.strip(), after.stdout.strip(), probe.stderr[-300:])\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=os.getcwd()).stdout.split()
+    code = (
+        "import sys, subprocess, time\n"
+        "sib = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', '--service-name', 'front'])\n"
+        "probe = subprocess.run([sys.executable, '-c', 'from service.bentoml_compat import service_workers_alive as a; "
+        'print(a("front")(), a("other")())\'], capture_output=True, text=True)\n'
+        "sib.kill(); sib.wait()\n"
+        "after = subprocess.run([sys.executable, '-c', 'from service.bentoml_compat import service_workers_alive as a; "
+        'print(a("front")())\'], capture_output=True, text=True)\n'
+        "print(probe.stdout.strip(), after.stdout.strip(), probe.stderr[-300:])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=os.getcwd()
+    ).stdout.split()
     assert out[:3] == ["True", "False", "False"], out
 
 
@@ -99,10 +114,13 @@ def _repo_cwd(monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-@pytest.mark.parametrize("cmdline, name", [
-    (["python", "-m", "w", "--service-name", "model_runner", "--fd", "3"], "model_runner"),
-    (["python", "-m", "bentoml", "serve"], None),
-    (["w", "--service-name"], None),
-])
+@pytest.mark.parametrize(
+    "cmdline, name",
+    [
+        (["python", "-m", "w", "--service-name", "model_runner", "--fd", "3"], "model_runner"),
+        (["python", "-m", "bentoml", "serve"], None),
+        (["w", "--service-name"], None),
+    ],
+)
 def test_service_name_of_a_worker(cmdline, name):
     assert service_name_of(cmdline) == name

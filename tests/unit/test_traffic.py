@@ -33,16 +33,24 @@ def test_resized_jpeg_sets_the_long_side():
 
 
 def test_realistic_traffic_covers_sizes_batches_and_malformed():
-    traffic = realistic_traffic(photo_files(PHOTOS)[:2], sizes=(100, 640), batch_images=3, batch_share=0.3,
-                                malformed_share=0.1)
+    traffic = realistic_traffic(
+        photo_files(PHOTOS)[:2], sizes=(100, 640), batch_images=3, batch_share=0.3, malformed_share=0.1
+    )
     assert len(traffic.singles) == 4 and {p.images for p in traffic.singles} == {1}
     assert {p.label for p in traffic.singles} == {"single 100px", "single 640px"}
     assert traffic.batches and all(p.images == 3 and b'name="images"' in p.body for p in traffic.batches)
-    assert {(p.status, p.reason) for p in traffic.malformed} >= {(400, "not_an_image"), (400, "corrupt_image"),
-                                                                 (400, "empty"), (415, "unsupported_media_type")}
+    assert {(p.status, p.reason) for p in traffic.malformed} >= {
+        (400, "not_an_image"),
+        (400, "corrupt_image"),
+        (400, "empty"),
+        (415, "unsupported_media_type"),
+    }
     rng = random.Random(0)
     drawn = [traffic.pick(rng) for _ in range(5000)]
-    shares = {kind: sum(p in getattr(traffic, kind) for p in drawn) / len(drawn) for kind in ("singles", "batches", "malformed")}
+    shares = {
+        kind: sum(p in getattr(traffic, kind) for p in drawn) / len(drawn)
+        for kind in ("singles", "batches", "malformed")
+    }
     assert shares["malformed"] == pytest.approx(0.1, abs=0.02)
     assert shares["batches"] == pytest.approx(0.3, abs=0.03)
 
@@ -98,29 +106,57 @@ def test_other_hosts_are_refused(host):
 
 
 def _level(users, images_per_s, p99):
-    return Level(users=users, seconds=10, requests=100, failures=0, images_per_s=images_per_s,
-                 requests_per_s=images_per_s, p50_ms=p99 / 2, p99_ms=p99, max_ms=p99)
+    return Level(
+        users=users,
+        seconds=10,
+        requests=100,
+        failures=0,
+        images_per_s=images_per_s,
+        requests_per_s=images_per_s,
+        p50_ms=p99 / 2,
+        p99_ms=p99,
+        max_ms=p99,
+    )
 
 
 def test_csv_and_plot(tmp_path):
     series = {"ours": [_level(1, 10, 200), _level(4, 30, 400)], "reference": [_level(1, 5, 300), _level(4, 8, 900)]}
     rows = list(csv.DictReader(write_csv(series, tmp_path / "s.csv").open()))
-    assert [(r["series"], r["users"]) for r in rows] == [("ours", "1"), ("ours", "4"), ("reference", "1"), ("reference", "4")]
+    assert [(r["series"], r["users"]) for r in rows] == [
+        ("ours", "1"),
+        ("ours", "4"),
+        ("reference", "1"),
+        ("reference", "4"),
+    ]
     assert plot(series, tmp_path / "s.png", "title").read_bytes().startswith(PNG)
 
 
 def test_benchmark_table_ratios_and_targets():
-    engines = {"images_per_s": {"torch": {"1": 9.0, "16": 10.0}, "onnx": {"1": 16.0, "16": 16.5},
-                                "onnx-int8": {"1": 30.0, "16": 34.0}}, "int8_top1_agreement": 0.995, "photos": 398}
-    results = {"ours (onnx)": [_level(16, 15.5, 1500)], "ours (onnx-int8)": [_level(16, 26.0, 900)],
-               "reference": [_level(16, 7.5, 2500)]}
+    engines = {
+        "images_per_s": {
+            "torch": {"1": 9.0, "16": 10.0},
+            "onnx": {"1": 16.0, "16": 16.5},
+            "onnx-int8": {"1": 30.0, "16": 34.0},
+        },
+        "int8_top1_agreement": 0.995,
+        "photos": 398,
+    }
+    results = {
+        "ours (onnx)": [_level(16, 15.5, 1500)],
+        "ours (onnx-int8)": [_level(16, 26.0, 900)],
+        "reference": [_level(16, 7.5, 2500)],
+    }
     text, targets = table(engines, results)
     assert "| ours (onnx) | 16 | 15.5 | 750 | 1500 | 0 | 2.07 | 0.60 |" in text
     assert "| onnx-int8 | 30.0 | 34.0 |" in text
     assert any(t.startswith("[met]") and "94% of the best raw fp32 engine" in t for t in targets)
     assert any(t.startswith("[met]") and "2.07x reference" in t for t in targets)
-    assert any(t.startswith("[MISSED]") and "ours (onnx-int8) at 16 clients: 3.47x" in t
-               and "its raw engine alone is 4.53x" in t for t in targets)
+    assert any(
+        t.startswith("[MISSED]")
+        and "ours (onnx-int8) at 16 clients: 3.47x" in t
+        and "its raw engine alone is 4.53x" in t
+        for t in targets
+    )
     assert any(t.startswith("[met]") and "99.5%" in t for t in targets)
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from _bentoml_impl import serde as bentoml_serde
 
-from service.transport import MEDIA_TYPE, ArraySerde, TransportError, decode, encode, install
+from service.bentoml_compat import installed_serde
+from service.transport import TransportError, decode, encode, install
+
+
+def payload(data, metadata):
+    """What BentoML hands a serde: the body's chunks and the request's headers."""
+    return SimpleNamespace(data=data, metadata=metadata)
 
 
 def roundtrip(obj):
@@ -26,8 +32,9 @@ def test_what_the_services_exchange_round_trips():
     assert not out["images"].flags.writeable  # a view of the body: nothing can scribble on another request
 
 
-@pytest.mark.parametrize("a", [np.arange(24, dtype=np.int64).reshape(4, 6)[:, ::2], np.zeros((0, 2), np.float32),
-                               np.array([True, False])])
+@pytest.mark.parametrize(
+    "a", [np.arange(24, dtype=np.int64).reshape(4, 6)[:, ::2], np.zeros((0, 2), np.float32), np.array([True, False])]
+)
 def test_non_contiguous_empty_and_bool_arrays_round_trip(a):
     out = roundtrip(a)
     assert out.dtype == a.dtype and out.shape == a.shape and np.array_equal(out, a)
@@ -47,34 +54,38 @@ class Exploit:
 def test_a_pickle_is_refused_and_never_executed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = pickle.dumps(Exploit())
-    payload = bentoml_serde.Payload((data,), {"buffer-lengths": str(len(data))})
+    install()
+    serde = installed_serde()()
     with pytest.raises(TransportError):
-        ArraySerde().deserialize_value(payload)
+        serde.deserialize_value(payload((data,), {"buffer-lengths": str(len(data))}))
     with pytest.raises(TransportError):  # BentoML's own pickle framing, without our header
-        ArraySerde().deserialize_value(bentoml_serde.Payload((data,), {}))
+        serde.deserialize_value(payload((data,), {}))
     assert not (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.parametrize(
     "body, lengths",
-    [(b'{"$array": 1, "dtype": "|O", "shape": [1]}' + b"\0" * 8, "42,8"),  # object dtype
-     (b'{"$array": 1, "dtype": "<f4", "shape": [9]}' + b"\0" * 8, "43,8"),  # shape larger than the buffer
-     (b'{"$bytes": 2}', "13"),  # buffer that does not exist
-     (b'{"$eval": 1}', "12"),  # unknown marker
-     (b"not json", "8"), (b"{}", "1,1"), (b"{}", "x"),
-     (b'[{"$bytes": 1}, {"$bytes": 1}]' + b"\0" * 4, "30,4"),  # one buffer twice: memory amplification
-     (b'{"$bytes": 1}' + b"\0" * 8, "13,4,4"),  # a buffer left over
-     (b"[" * 200 + b"]" * 200, "400")],  # nesting deeper than anything the services send
+    [
+        (b'{"$array": 1, "dtype": "|O", "shape": [1]}' + b"\0" * 8, "42,8"),  # object dtype
+        (b'{"$array": 1, "dtype": "<f4", "shape": [9]}' + b"\0" * 8, "43,8"),  # shape larger than the buffer
+        (b'{"$bytes": 2}', "13"),  # buffer that does not exist
+        (b'{"$eval": 1}', "12"),  # unknown marker
+        (b"not json", "8"),
+        (b"{}", "1,1"),
+        (b"{}", "x"),
+        (b'[{"$bytes": 1}, {"$bytes": 1}]' + b"\0" * 4, "30,4"),  # one buffer twice: memory amplification
+        (b'{"$bytes": 1}' + b"\0" * 8, "13,4,4"),  # a buffer left over
+        (b"[" * 200 + b"]" * 200, "400"),
+    ],  # nesting deeper than anything the services send
 )
 def test_malformed_payloads_are_refused(body, lengths):
     with pytest.raises(TransportError):
         decode(body, lengths)
 
 
-def test_install_replaces_bentoml_pickle_serde(monkeypatch):
-    monkeypatch.setitem(bentoml_serde.ALL_SERDE, MEDIA_TYPE, bentoml_serde.ALL_SERDE[MEDIA_TYPE])  # restored after
+def test_install_replaces_bentoml_pickle_serde():
     install()
-    assert bentoml_serde.ALL_SERDE[MEDIA_TYPE] is ArraySerde  # the hook BentoML 1.4.30 looks up per request
-    payload = ArraySerde().serialize_value({"images": np.zeros((1, 3), np.uint8)})
-    assert ArraySerde().deserialize_value(bentoml_serde.Payload([bytes(c) for c in payload.data], payload.metadata))[
-        "images"].shape == (1, 3)
+    serde = installed_serde()()  # the hook BentoML 1.4.30 looks up per request
+    assert type(serde).__name__ == "ArraySerde"
+    sent = serde.serialize_value({"images": np.zeros((1, 3), np.uint8)})
+    assert serde.deserialize_value(payload([bytes(c) for c in sent.data], sent.metadata))["images"].shape == (1, 3)

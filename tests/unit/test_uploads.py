@@ -6,7 +6,8 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from service.uploads import ApiError, many_images, read_body, single_image
+from service.http.errors import ApiError
+from service.http.uploads import many_images, read_body, single_image
 
 MB = 1024 * 1024
 
@@ -26,8 +27,9 @@ def request(body: bytes, headers: dict[str, str], chunk: int | None = None) -> R
 
 
 def multipart(files: list[tuple[str, str, bytes]], data: dict | None = None) -> Request:
-    built = httpx.Request("POST", "http://x/", files=[(field, (name, content, "image/jpeg")) for field, name, content in files],
-                          data=data)
+    built = httpx.Request(
+        "POST", "http://x/", files=[(field, (name, content, "image/jpeg")) for field, name, content in files], data=data
+    )
     body = built.read()
     return request(body, {"content-type": built.headers["content-type"], "content-length": str(len(body))})
 
@@ -70,12 +72,25 @@ def test_declared_and_streamed_size_limits():
         (lambda: multipart([("other", "a.jpg", b"x")], data={"image": "not a file"}), (400, "missing_field")),
         (lambda: multipart([("image", "a.jpg", b"")]), (400, "empty")),
         (lambda: multipart([("image", "a.jpg", b"1"), ("image", "b.jpg", b"2")]), (400, "too_many_images")),
-        (lambda: request(b"--xx\r\ngarbage", {"content-type": "multipart/form-data; boundary=yy"}), (400, "bad_multipart")),
+        (
+            lambda: request(b"--xx\r\ngarbage", {"content-type": "multipart/form-data; boundary=yy"}),
+            (400, "bad_multipart"),
+        ),
         (lambda: request(b"whatever", {"content-type": "multipart/form-data"}), (400, "bad_multipart")),
         (lambda: request(b"x", {"content-type": "image/png", "content-length": "abc"}), (400, "bad_request")),
     ],
-    ids=["empty-raw", "text", "no-type", "wrong-field", "text-field", "empty-file", "two-files", "bad-boundary",
-         "no-boundary", "bad-length"],
+    ids=[
+        "empty-raw",
+        "text",
+        "no-type",
+        "wrong-field",
+        "text-field",
+        "empty-file",
+        "two-files",
+        "bad-boundary",
+        "no-boundary",
+        "bad-length",
+    ],
 )
 def test_single_image_refusals(make, expected):
     assert reason(single_image(make(), max_bytes=MB))[:2] == expected
@@ -86,6 +101,8 @@ def test_many_images_in_order_and_limits():
     uploads = run(many_images(multipart(files), max_bytes=MB, max_images=3))
     assert [u.filename for u in uploads] == ["0.jpg", "1.jpg", "2.jpg"]
     assert reason(many_images(multipart(files), max_bytes=MB, max_images=2))[:2] == (400, "too_many_images")
-    status, why, err = reason(many_images(multipart([*files[:1], ("images", "e.jpg", b"")]), max_bytes=MB, max_images=5))
+    status, why, err = reason(
+        many_images(multipart([*files[:1], ("images", "e.jpg", b"")]), max_bytes=MB, max_images=5)
+    )
     assert (status, why, err.file, err.index) == (400, "empty", "e.jpg", 1)
     assert reason(many_images(request(b"x", {"content-type": "image/png"}), max_bytes=MB, max_images=5))[0] == 415

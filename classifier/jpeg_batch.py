@@ -4,8 +4,9 @@ The front checks each upload's JPEG header (no pixels decoded) and sends plain J
 service undecoded; there ``decode_batch`` decodes the batch with ``torchvision.io.decode_jpeg`` on
 the model's device, then resizes and crops each image there as the contract prescribes. Everything
 else (other formats, EXIF rotation, CMYK, progressive or oversized JPEGs) keeps the front's
-Pillow path, which handles every case, and so does any JPEG the batch decoder rejects (it gets a NaN
-row; the front then decodes it with Pillow, which either succeeds or names the problem in a 400).
+Pillow path, which handles every case, and so does any JPEG the batch decoder rejects (its result is a
+``JpegResult`` with an error and no probabilities; the front then decodes it with Pillow, which either
+succeeds or names the problem in a 400).
 
 The two paths give the same pixels when Pillow needs no draft scaling (images under about twice the
 resize size); above that they differ by a few grey levels. Images over ENGINE_MAX_PIXELS stay on
@@ -17,14 +18,17 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from service.contract import ModelContract
-from service.preprocessing import fit
+from classifier.contract import ModelContract
+from classifier.preprocessing import fit
 
 logger = logging.getLogger(__name__)
 
@@ -46,31 +50,46 @@ def batch_decodable(data: bytes, max_pixels: int) -> bool:
     return img.mode in ("RGB", "L") and 0 < pixels <= min(max_pixels, ENGINE_MAX_PIXELS) and upright and not progressive
 
 
-def decode_batch(datas: list[bytes], contract: ModelContract, device: torch.device) -> tuple[torch.Tensor, list[int]]:
-    """JPEG bytes -> uint8 [N, 3, S, S] on ``device`` and the indices of images that failed to decode
+class JpegResult(BaseModel):
+    """One image of a batch decoded next to the model: its probabilities, or why it could not be decoded."""
+
+    probabilities: list[float] | None = None
+    error: str | None = None
+
+
+def decode_batch(
+    datas: list[bytes], contract: ModelContract, device: torch.device
+) -> tuple[torch.Tensor, dict[int, str]]:
+    """JPEG bytes -> uint8 [N, 3, S, S] on ``device``, and {index: error} for the images that failed to decode
     (their rows are zeros). One decode_jpeg call for the batch; per image only if that call fails."""
     encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
+    failed: dict[int, str] = {}
     try:
         images: list[torch.Tensor | None] = list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:
-        images = [_decode_one(data, device) for data in encoded]
-    failed = [i for i, image in enumerate(images) if image is None]
+        images = [_decode_one(data, device, i, failed) for i, data in enumerate(encoded)]
     size = contract.image_size
     blank = torch.zeros((3, size, size), dtype=torch.uint8, device=device)
-    return torch.stack([blank if image is None else fit(image, contract) for image in images]), failed
+    fitted = [blank if image is None else cast(torch.Tensor, fit(image, contract)) for image in images]
+    return torch.stack(fitted), failed
 
 
-def _decode_one(encoded: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+def _decode_one(encoded: torch.Tensor, device: torch.device, index: int, failed: dict[int, str]) -> torch.Tensor | None:
     try:
         return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as exc:
-        logger.info("a JPEG failed to decode: %s", str(exc).splitlines()[0][:200])
+        failed[index] = str(exc).splitlines()[0][:200]
+        logger.info("a JPEG failed to decode: %s", failed[index])
         return None
 
 
-def mark_failed(probs: np.ndarray, failed: list[int]) -> np.ndarray:
-    """Rows of images that could not be decoded become NaN, so the front decodes them itself."""
-    if failed:
-        probs = probs.copy()
-        probs[failed] = np.nan
-    return probs
+def classify_jpegs(
+    datas: list[bytes], contract: ModelContract, device: torch.device, predict: Callable[[torch.Tensor], np.ndarray]
+) -> list[JpegResult]:
+    """Decode ``datas`` as one batch, run ``predict`` on it, and give each image its result in order."""
+    batch, failed = decode_batch(datas, contract, device)
+    probs = predict(batch)
+    return [
+        JpegResult(error=failed[i]) if i in failed else JpegResult(probabilities=probs[i].tolist())
+        for i in range(len(datas))
+    ]

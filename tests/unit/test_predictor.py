@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from bentoml.exceptions import BentoMLException
 
-from service.classify import Classifier
-from service.model_store import ModelDescription
+from classifier.jpeg_batch import JpegResult
+from classifier.store import ModelDescription
+from service.http.errors import ApiError
+from service.http.uploads import Upload
+from service.predictor import Predictor
 from service.settings import ServiceSettings
-from service.uploads import ApiError, Upload
 
 
 class FakeModel:
@@ -29,16 +31,16 @@ class FakeModel:
             raise self.error
         return np.array([[0.25, 0.75]] * len(batch), dtype=np.float32)
 
-    async def infer_jpeg(self, datas: list[bytes]) -> np.ndarray:
+    async def infer_jpeg(self, datas: list[bytes]) -> list[JpegResult]:
         self.calls.append(("infer_jpeg", len(datas)))
-        rows = np.array([[0.9, 0.1]] * len(datas), dtype=np.float32)
-        rows[[i for i, d in enumerate(datas) if d in self.fail_jpegs]] = np.nan
-        return rows
+        return [
+            JpegResult(error="corrupt") if d in self.fail_jpegs else JpegResult(probabilities=[0.9, 0.1]) for d in datas
+        ]
 
 
 def classify(contract, uploads, fake, *, engine_decodes=True, many=True):
     model = ModelDescription("m:1", contract, {}, "w", {})
-    classifier = Classifier(model, ServiceSettings(), fake.infer, fake.infer_jpeg, engine_decodes=engine_decodes)
+    classifier = Predictor(model, ServiceSettings(), fake.infer, fake.infer_jpeg, engine_decodes=engine_decodes)
     return asyncio.run(classifier.classify(uploads, None, many=many))
 
 
@@ -73,15 +75,23 @@ def test_the_first_bad_image_in_order_is_reported(contract, files, odd_image):
     uploads = [files["hopper.png"], Upload("cut.jpg", truncated), Upload("bad.png", odd_image("broken.png"))]
     with pytest.raises(ApiError) as info:
         classify(contract, uploads, fake)
-    assert (info.value.status, info.value.reason, info.value.file, info.value.index) == (400, "corrupt_image", "cut.jpg", 1)
+    assert (info.value.status, info.value.reason, info.value.file, info.value.index) == (
+        400,
+        "corrupt_image",
+        "cut.jpg",
+        1,
+    )
     assert ("infer", 1) not in fake.calls  # a failing request does not run the model on its good images
 
 
 @pytest.mark.parametrize(
     "error, reason",
-    [(BentoMLException("busy", error_code=503), "overloaded"), (BentoMLException("boom"), "model_unavailable"),
-     (httpx.ConnectError("refused"), "model_unavailable"),
-     (aiohttp.ServerDisconnectedError(), "model_unavailable")],  # the runner killed mid-request
+    [
+        (BentoMLException("busy", error_code=503), "overloaded"),
+        (BentoMLException("boom"), "model_unavailable"),
+        (httpx.ConnectError("refused"), "model_unavailable"),
+        (aiohttp.ServerDisconnectedError(), "model_unavailable"),
+    ],  # the runner killed mid-request
 )
 def test_model_service_failures_are_503(contract, files, error, reason):
     with pytest.raises(ApiError) as info:
@@ -105,12 +115,18 @@ def test_requests_beyond_capacity_are_shed_with_503(contract, files):
             return await super().infer(batch)
 
     settings = ServiceSettings(max_images=1, max_inflight_images=1, max_queue=1, max_queue_wait_ms=5_000)
-    classifier = Classifier(ModelDescription("m:1", contract, {}, "w", {}), settings, SlowModel().infer,
-                            SlowModel().infer_jpeg, engine_decodes=False)
+    classifier = Predictor(
+        ModelDescription("m:1", contract, {}, "w", {}),
+        settings,
+        SlowModel().infer,
+        SlowModel().infer_jpeg,
+        engine_decodes=False,
+    )
 
     async def three_at_once():
-        return await asyncio.gather(*(classifier.classify([files["hopper.png"]], None, many=False) for _ in range(3)),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(classifier.classify([files["hopper.png"]], None, many=False) for _ in range(3)), return_exceptions=True
+        )
 
     outcomes = asyncio.run(three_at_once())
     shed = [o for o in outcomes if isinstance(o, ApiError)]

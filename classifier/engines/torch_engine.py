@@ -1,4 +1,4 @@
-"""PyTorch inference: uint8 image batches in, class probabilities out.
+"""PyTorch inference: uint8 image batches in, class probabilities out (the serving network does the rest).
 
 CPU: float32 eager, the fallback engine. GPU: half precision (bf16 where supported), channels_last,
 pinned non-blocking copies, and optionally ``torch.compile`` on a few fixed batch sizes: each batch
@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from service.model_store import LoadedModel
-from service.preprocessing import normalize
+from classifier.engines import BuildRequest
+from classifier.network import ServingNet
+from classifier.store import LoadedModel, load_model
 
 
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
@@ -38,6 +39,13 @@ def pad_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([batch, batch.new_zeros((size - len(batch), *batch.shape[1:]))])
 
 
+def build(request: BuildRequest) -> TorchEngine:
+    compile_max_batch = request.compile_max_batch if request.device.type == "cuda" else 0
+    return TorchEngine(
+        load_model(request.model.tag), request.device, threads=request.threads, compile_max_batch=compile_max_batch
+    )
+
+
 class TorchEngine:
     """Eager (or compiled) PyTorch in inference mode with channels_last.
 
@@ -46,17 +54,20 @@ class TorchEngine:
     ``batch_buckets`` for it; 0 runs eagerly.
     """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, *, threads: int = 1, compile_max_batch: int = 0) -> None:
+    def __init__(
+        self, loaded: LoadedModel, device: torch.device, *, threads: int = 1, compile_max_batch: int = 0
+    ) -> None:
         self.name = "torch"
         self.contract = loaded.contract
         self.torch_device = device
         self.device = device.type
         if device.type == "cuda":
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
-            self.dtype = torch.float32
+            dtype = torch.float32
             torch.set_num_threads(threads)
-        network = loaded.network.to(device, dtype=self.dtype, memory_format=torch.channels_last).eval()
+        serving = ServingNet(loaded.network, loaded.contract)
+        network = serving.to(device, dtype=dtype).to(memory_format=torch.channels_last).eval()
         self.buckets = batch_buckets(compile_max_batch) if compile_max_batch else None
         if self.buckets:
             # One compiled graph per bucket: more buckets than Dynamo's recompile limit would fall back to eager.
@@ -74,8 +85,7 @@ class TorchEngine:
             x = x.pin_memory().to(self.torch_device, non_blocking=True)
         else:  # already on a device (batched JPEG decoding), or CPU to CPU: a no-op
             x = x.to(self.torch_device)
-        x = normalize(x, self.contract).to(self.dtype).contiguous(memory_format=torch.channels_last)
-        return self.network(x)[:n].float().softmax(dim=1).cpu().numpy()
+        return self.network(x.contiguous(memory_format=torch.channels_last))[:n].cpu().numpy()
 
     def warm_up(self, batch_size: int = 1) -> None:
         """Run every compiled batch size once (or one batch), so no request pays for compilation."""

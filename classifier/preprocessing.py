@@ -1,7 +1,8 @@
-"""The contract's preprocessing, as pure functions shared by training's evaluation and serving.
+"""The contract's preprocessing, as pure functions shared by training and serving.
 
-Per image (before batching): resize the shorter side and center-crop, giving a uint8 tensor.
-Per batch: scale and normalise in one tensor operation.
+Per image (before batching): decode, resize the shorter side and center-crop, giving a uint8 tensor.
+Scaling and normalisation are part of the network (classifier.network.Normalize), so every engine
+gets the same uint8 images.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from service.contract import ModelContract
-from service.imaging import DEFAULT_MAX_PIXELS, decode_image
+from classifier.contract import ModelContract
+from classifier.imaging import DEFAULT_MAX_PIXELS, decode_image
 
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
@@ -20,7 +21,9 @@ _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": Interpolati
 def fit(image: Image.Image | torch.Tensor, contract: ModelContract) -> Image.Image | torch.Tensor:
     """Shorter side to resize_size, then the center image_size square: a PIL image, or a uint8 tensor
     [3, H, W] on any device (the batched JPEG decoder's output)."""
-    image = F.resize(image, [contract.resize_size], interpolation=_INTERPOLATION[contract.interpolation], antialias=True)
+    image = F.resize(
+        image, [contract.resize_size], interpolation=_INTERPOLATION[contract.interpolation], antialias=True
+    )
     return F.center_crop(image, [contract.image_size, contract.image_size])
 
 
@@ -33,10 +36,3 @@ def prepare_image(data: bytes, contract: ModelContract, *, max_pixels: int = DEF
     """Encoded image bytes -> uint8 tensor [3, S, S]; raises InputError for unusable input."""
     img = decode_image(data, max_pixels=max_pixels, draft_size=contract.resize_size)
     return resize_and_crop(img, contract)
-
-
-def normalize(batch: torch.Tensor, contract: ModelContract) -> torch.Tensor:
-    """uint8 batch [N, 3, S, S] (or one image [3, S, S]) -> float32 normalised per channel."""
-    mean = torch.tensor(contract.mean, dtype=torch.float32, device=batch.device).view(3, 1, 1)
-    std = torch.tensor(contract.std, dtype=torch.float32, device=batch.device).view(3, 1, 1)
-    return (batch.to(torch.float32) / 255.0 - mean) / std

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from pydantic import SecretStr
 
-from service.uploads import ApiError
+from service.http.errors import ApiError
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="image-classifier"'}
 
@@ -30,6 +30,10 @@ def check_api_key(expected: SecretStr | None, headers: Mapping[str, str]) -> Non
         return
     key = presented_key(headers)
     if key is None:
-        raise ApiError(401, "unauthorized", "this endpoint needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this endpoint needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+        )
     if not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
         raise ApiError(401, "unauthorized", "the API key is not valid")

@@ -1,4 +1,4 @@
-"""Request-independent response schemas; they appear in the OpenAPI page at /docs."""
+"""Request-independent response schemas; they appear in the OpenAPI documents (/docs.json, /v1/openapi.json)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.contract import ModelContract
+from classifier.contract import ModelContract
+from classifier.engines import ENGINES
 
 
 class ClassScore(BaseModel):
@@ -60,7 +61,10 @@ class ModelInfo(BaseModel):
     backbone: str
     contract: ModelContract = Field(description="preprocessing and architecture the model was trained with")
     device: str = Field(description="where inference runs: cpu or cuda")
-    engine: str = Field(description="inference engine: torch, onnx (ONNX Runtime fp32) or onnx-int8")
+    engine: str = Field(
+        description="inference engine, one of the registry's: "
+        + "; ".join(f"{name} ({spec.summary})" for name, spec in ENGINES.items())
+    )
     training_metrics: dict[str, Any] = Field(description="test-split metrics recorded at training time")
     batching: Batching
     limits: Limits

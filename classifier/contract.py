@@ -15,6 +15,10 @@ METADATA_KEY = "contract"
 DEFAULT_MODEL_NAME = "transfer-classifier"  # what training saves and the service serves by default
 
 
+_PREPROCESSING: dict[str, Any] = {"preprocessing": True}
+_NOT_PREPROCESSING: dict[str, Any] = {"preprocessing": False}
+
+
 class ContractError(ValueError):
     """A saved model's metadata does not hold a valid contract."""
 
@@ -29,16 +33,21 @@ class ModelContract(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    contract_version: int = CONTRACT_VERSION
-    class_names: tuple[str, ...] = Field(min_length=2)
-    backbone: str
-    weights: str = Field(description="Weights the backbone started from, e.g. ResNet50_Weights.IMAGENET1K_V2")
-    image_size: int = Field(ge=32, le=1024)
-    resize_size: int = Field(ge=32, le=2048)
-    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    dropout: float = Field(ge=0.0, lt=1.0)
+    # Every field says whether it shapes the pixels the network sees (PREPROCESSING): training's feature
+    # cache is keyed by exactly those, so a new preprocessing field can never reuse stale features.
+    contract_version: int = Field(CONTRACT_VERSION, json_schema_extra=_NOT_PREPROCESSING)
+    class_names: tuple[str, ...] = Field(min_length=2, json_schema_extra=_NOT_PREPROCESSING)
+    backbone: str = Field(json_schema_extra=_NOT_PREPROCESSING)
+    weights: str = Field(
+        description="Weights the backbone started from, e.g. ResNet50_Weights.IMAGENET1K_V2",
+        json_schema_extra=_NOT_PREPROCESSING,
+    )
+    image_size: int = Field(ge=32, le=1024, json_schema_extra=_PREPROCESSING)
+    resize_size: int = Field(ge=32, le=2048, json_schema_extra=_PREPROCESSING)
+    interpolation: Literal["bilinear", "bicubic"] = Field("bilinear", json_schema_extra=_PREPROCESSING)
+    mean: tuple[float, float, float] = Field(json_schema_extra=_PREPROCESSING)
+    std: tuple[float, float, float] = Field(json_schema_extra=_PREPROCESSING)
+    dropout: float = Field(ge=0.0, lt=1.0, json_schema_extra=_NOT_PREPROCESSING)
 
     @model_validator(mode="after")
     def _check(self) -> ModelContract:
@@ -58,6 +67,19 @@ class ModelContract(BaseModel):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @classmethod
+    def preprocessing_fields(cls) -> tuple[str, ...]:
+        """The fields that shape the pixels the network sees (each field declares whether it does)."""
+        return tuple(
+            name
+            for name, field in cls.model_fields.items()
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra["preprocessing"]
+        )
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing fields and their values, JSON-safe (e.g. for a cache key)."""
+        return self.model_dump(mode="json", include=set(self.preprocessing_fields()))
 
     def to_metadata(self) -> dict[str, Any]:
         """JSON-safe form for the BentoML model's metadata."""

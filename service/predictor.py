@@ -2,9 +2,10 @@
 
 Each image is decoded in the front (Pillow, in a thread, under a shared limit) or, for plain JPEGs
 when the model service decodes them (on its GPU), sent there undecoded; one model call per path.
-A JPEG the batch decoder rejects is decoded here after all. A bad image is a 400 naming the first bad
-file in the order sent; the model service's failures are 503s with Retry-After. Every request first
-passes the admission gate (service/admission.py), which sheds load beyond the configured limits.
+A JPEG the batch decoder rejects (a JpegResult with an error) is decoded here after all. A bad image
+is a 400 naming the first bad file in the order sent; the model service's failures are 503s with
+Retry-After. Every request first passes the admission gate (service/admission.py), which sheds load
+beyond the configured limits.
 The model service's methods are passed in, so all of this runs without a server in the unit tests.
 """
 
@@ -17,43 +18,53 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import anyio
-import httpx
 import numpy as np
-from bentoml.exceptions import BentoMLException
 
+from classifier.imaging import InputError
+from classifier.jpeg_batch import JpegResult, batch_decodable
+from classifier.preprocessing import prepare_image
+from classifier.store import ModelDescription
 from service.admission import Admission, Overloaded
-from service.imaging import InputError
-from service.jpeg_batch import batch_decodable
+from service.bentoml_compat import runner_failure
+from service.http.errors import ApiError
+from service.http.schemas import Prediction
+from service.http.uploads import Upload
 from service.metrics import metrics
-from service.model_store import ModelDescription
 from service.postprocessing import default_top_k, to_prediction
-from service.preprocessing import prepare_image
-from service.schemas import Prediction
 from service.settings import ServiceSettings
-from service.uploads import ApiError, Upload
 
 logger = logging.getLogger(__name__)
 
 ModelCall = Callable[[Any], Awaitable[np.ndarray]]
 
 
-class Classifier:
-    """``infer`` takes uint8 [N, 3, S, S], ``infer_jpeg`` a list of JPEG bytes; both return probabilities
-    [N, C] (NaN rows from infer_jpeg: images it could not decode). ``engine_decodes``: send plain JPEGs
-    to infer_jpeg."""
+class Predictor:
+    """``infer`` takes uint8 [N, 3, S, S] and returns probabilities [N, C]; ``infer_jpeg`` takes a list of JPEG
+    bytes and returns a JpegResult per image. ``engine_decodes``: send plain JPEGs to infer_jpeg."""
 
-    def __init__(self, model: ModelDescription, settings: ServiceSettings, infer: ModelCall, infer_jpeg: ModelCall,
-                 *, engine_decodes: bool) -> None:
+    def __init__(
+        self,
+        model: ModelDescription,
+        settings: ServiceSettings,
+        infer: ModelCall,
+        infer_jpeg: ModelCall,
+        *,
+        engine_decodes: bool,
+    ) -> None:
         self.model, self.settings = model, settings
         self.infer, self.infer_jpeg = infer, infer_jpeg
         self.engine_decodes = engine_decodes
         self._limiter: anyio.CapacityLimiter | None = None
         m = metrics()
-        self.admission = Admission(settings.inflight_capacity, settings.max_queue, settings.max_queue_wait_ms / 1000,
-                                   observe=lambda admitted, queued: (m.admitted_images.set(admitted),
-                                                                     m.queued_requests.set(queued)))
+
+        def observe(admitted: int, queued: int) -> None:
+            m.admitted_images.set(admitted)
+            m.queued_requests.set(queued)
+
+        self.admission = Admission(
+            settings.inflight_capacity, settings.max_queue, settings.max_queue_wait_ms / 1000, observe=observe
+        )
 
     def refuse_if_full(self) -> None:
         """503 at once, before the request's body is read, when the admission queue is already full."""
@@ -70,14 +81,17 @@ class Classifier:
 
     async def _classify(self, uploads: list[Upload], top_k: int | None, many: bool) -> list[Prediction]:
         contract = self.model.contract
-        probs = np.full((len(uploads), contract.num_classes), np.nan, dtype=np.float32)
+        probs = np.zeros((len(uploads), contract.num_classes), dtype=np.float32)
         errors: dict[int, ApiError] = {}
-        there = [i for i, u in enumerate(uploads)
-                 if self.engine_decodes and batch_decodable(u.data, self.settings.max_pixels)]
+        there = [
+            i
+            for i, u in enumerate(uploads)
+            if self.engine_decodes and batch_decodable(u.data, self.settings.max_pixels)
+        ]
         here = sorted(set(range(len(uploads))) - set(there))
-        await _all_or_none(self._decode_here(uploads, here, probs, errors, many),
-                           self._decode_there(uploads, there, probs))
-        retry = [i for i in there if np.isnan(probs[i]).any()]
+        _, retry = await _all_or_none(
+            self._decode_here(uploads, here, probs, errors, many), self._decode_there(uploads, there, probs)
+        )
         if retry:  # decode them here after all: Pillow either manages or names the problem
             await self._decode_here(uploads, retry, probs, errors, many)
         if errors:
@@ -85,21 +99,23 @@ class Classifier:
         if np.isnan(probs).any():
             raise RuntimeError("the model returned NaN probabilities")  # a bug: answered 500 and logged
         k = top_k or default_top_k(contract.num_classes)
-        results = [to_prediction(p, contract.class_names, k, u.filename) for p, u in zip(probs, uploads)]
+        results = [to_prediction(p, contract.class_names, k, u.filename) for p, u in zip(probs, uploads, strict=True)]
         m = metrics()
         for result in results:
             m.predictions.labels(result.label).inc()
             m.confidence.observe(result.probability)
         return results
 
-    async def _decode_here(self, uploads: list[Upload], indices: list[int], probs: np.ndarray,
-                           errors: dict[int, ApiError], many: bool) -> None:
+    async def _decode_here(
+        self, uploads: list[Upload], indices: list[int], probs: np.ndarray, errors: dict[int, ApiError], many: bool
+    ) -> None:
         """Decode ``indices`` in this process, then one model call for them, unless an image is bad."""
         if not indices:
             return
-        prepared = await _all_or_none(*(self._prepare(uploads[i], i if many else None) for i in indices),
-                                      return_exceptions=True)
-        for i, outcome in zip(indices, prepared):
+        prepared = await _all_or_none(
+            *(self._prepare(uploads[i], i if many else None) for i in indices), return_exceptions=True
+        )
+        for i, outcome in zip(indices, prepared, strict=True):
             if isinstance(outcome, ApiError):
                 errors[i] = outcome
             elif isinstance(outcome, BaseException):
@@ -107,9 +123,18 @@ class Classifier:
         if not errors:  # the request fails anyway: spare the model
             probs[indices] = await self._call(self.infer, np.stack(prepared))
 
-    async def _decode_there(self, uploads: list[Upload], indices: list[int], probs: np.ndarray) -> None:
-        if indices:
-            probs[indices] = await self._call(self.infer_jpeg, [uploads[i].data for i in indices])
+    async def _decode_there(self, uploads: list[Upload], indices: list[int], probs: np.ndarray) -> list[int]:
+        """Send ``indices`` undecoded to the model service; the indices it could not decode."""
+        if not indices:
+            return []
+        results: list[JpegResult] = await self._call(self.infer_jpeg, [uploads[i].data for i in indices])
+        failed = []
+        for i, result in zip(indices, results, strict=True):
+            if result.probabilities is None:
+                failed.append(i)
+            else:
+                probs[i] = result.probabilities
+        return failed
 
     async def _prepare(self, upload: Upload, index: int | None) -> np.ndarray:
         """Decode and preprocess in a worker thread; a bad image is a 400 naming the file."""
@@ -132,17 +157,20 @@ class Classifier:
         return self._limiter
 
     @staticmethod
-    async def _call(method: ModelCall, batch: Any) -> np.ndarray:
+    async def _call(method: ModelCall, batch: Any) -> Any:
         """One call to the model service; its failures become 503s with Retry-After."""
         try:
             return await method(batch)
-        except BentoMLException as exc:
-            if getattr(exc, "error_code", None) == 503:  # BentoML's batcher: over the batching latency budget
+        except Exception as exc:
+            failure = runner_failure(exc)
+            if failure is None:
+                raise
+            if failure == "busy":  # BentoML's batcher: over the batching latency budget
                 metrics().shed.labels("batching_budget").inc()
                 raise ApiError(503, "overloaded", "the model is busy; retry shortly") from exc
-            logger.exception("model runner failed")
-            raise ApiError(503, "model_unavailable", "the model service failed; retry shortly") from exc
-        except (aiohttp.ClientError, httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+            if failure == "failed":
+                logger.exception("model runner failed")
+                raise ApiError(503, "model_unavailable", "the model service failed; retry shortly") from exc
             logger.warning("model runner unreachable: %s", exc)
             raise ApiError(503, "model_unavailable", "the model service is not reachable; retry shortly") from exc
 

@@ -1,6 +1,6 @@
 import torch
 
-from training.metrics import classification_metrics, confusion_matrix
+from training.scores import classification_metrics, confusion_matrix
 
 
 def test_confusion_matrix_rows_are_truth():

@@ -14,17 +14,11 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from service.http.errors import ApiError
+
 SINGLE_FIELD = "image"
 MANY_FIELD = "images"
 RAW_TYPES = ("image/", "application/octet-stream")
-
-
-class ApiError(Exception):
-    """A request the service refuses: HTTP status, stable reason code, message, and the file concerned."""
-
-    def __init__(self, status: int, reason: str, message: str, *, file: str | None = None, index: int | None = None):
-        super().__init__(message)
-        self.status, self.reason, self.message, self.file, self.index = status, reason, message, file, index
 
 
 @dataclass(frozen=True)
@@ -44,7 +38,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         if not declared.isdigit():
             raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
         if int(declared) > max_bytes:
-            raise ApiError(413, "body_too_large", f"the body is {int(declared):,} bytes, over the limit of {max_bytes:,}")
+            raise ApiError(
+                413, "body_too_large", f"the body is {int(declared):,} bytes, over the limit of {max_bytes:,}"
+            )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -120,4 +116,6 @@ def _replay(body: bytes):
 
 
 def _unsupported(kind: str, expected: str) -> ApiError:
-    return ApiError(415, "unsupported_media_type", f"content type {kind or '(none)'!r} is not accepted; send {expected}")
+    return ApiError(
+        415, "unsupported_media_type", f"content type {kind or '(none)'!r} is not accepted; send {expected}"
+    )

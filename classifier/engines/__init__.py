@@ -1,0 +1,177 @@
+"""The engine registry: every way to run a saved model, described as data.
+
+Each engine is an :class:`EngineSpec`: its name, the file it reads from the model folder, the devices it
+runs on, where its builder (and, for engines with their own file, its export step) live. Everything that
+lists engines derives from ``ENGINES``: the service's CLASSIFIER_ENGINE values, the training CLI's
+``--export`` choices, the files the store looks for, the schemas and the benchmark. Builders and export
+steps are imported only when used, so reading the registry imports neither torch nor ONNX Runtime.
+
+A new engine is one module (a ``build`` function; ``export`` and ``load`` if it has its own file) plus one
+entry in ``_BUILT_IN``. Every engine takes uint8 images [N, 3, S, S] and returns probabilities [N, C].
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from classifier.contract import ModelContract
+    from classifier.network import ClassifierNet
+    from classifier.store import ModelDescription
+
+MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 (training's test split) below which serving an engine is warned about
+
+
+class EngineError(ValueError):
+    """An engine cannot be chosen or built for this model and device; the message says what to do."""
+
+
+class Engine(Protocol):
+    name: str
+    device: str
+
+    def predict(self, batch: Any) -> np.ndarray: ...
+
+    def warm_up(self, batch_size: int = 1) -> None: ...
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a builder gets: the model, where to run it, and how."""
+
+    model: ModelDescription
+    device: torch.device
+    threads: int
+    compile_max_batch: int = 0  # GPU: compile for batch sizes up to this (0: eager)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What an export step gets: the trained network, calibration images (uint8 [N, 3, S, S]), a work folder,
+    and the files of the engines exported before it (those in its ``requires``)."""
+
+    network: ClassifierNet
+    contract: ModelContract
+    workdir: Path
+    calibration: np.ndarray
+    exported: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    # The module holds ``build(BuildRequest) -> Engine``; for an engine with a file of its own, also
+    # ``export(ExportRequest) -> Path`` (write it) and ``load(path, contract, threads) -> Engine`` (run it).
+    module: str
+    devices: tuple[str, ...]  # device types it runs on: "cpu", "cuda"
+    file: str | None = None  # its own file in the model folder; None: it runs the weights every model has
+    requires: tuple[str, ...] = ()  # engines whose export must run first (their files feed this one's export)
+    summary: str = ""
+
+    @property
+    def exportable(self) -> bool:
+        return self.file is not None
+
+    def build(self, request: BuildRequest) -> Engine:
+        return _function(self, "build")(request)
+
+    def export(self, request: ExportRequest) -> Path:
+        return _function(self, "export")(request)
+
+    def load(self, path: Path | str, contract: ModelContract, threads: int) -> Engine:
+        return _function(self, "load")(path, contract, threads)
+
+
+def _function(spec: EngineSpec, name: str) -> Callable[..., Any]:
+    return getattr(importlib.import_module(spec.module), name)
+
+
+_BUILT_IN = (
+    EngineSpec(
+        "torch",
+        "classifier.engines.torch_engine",
+        ("cpu", "cuda"),
+        summary="PyTorch: the GPU engine (bf16/fp16, optionally compiled), and the CPU fallback",
+    ),
+    EngineSpec(
+        "onnx", "classifier.engines.ort_engine", ("cpu",), file="model.onnx", summary="ONNX Runtime, fp32 graph"
+    ),
+    EngineSpec(
+        "onnx-int8",
+        "classifier.engines.ort_int8",
+        ("cpu",),
+        file="model.int8.onnx",
+        requires=("onnx",),
+        summary="ONNX Runtime, statically quantized INT8 copy of the fp32 graph",
+    ),
+)
+ENGINES: dict[str, EngineSpec] = {spec.name: spec for spec in _BUILT_IN}
+
+
+def register(spec: EngineSpec) -> None:
+    """Add an engine (a plugin, or a test's fake); its name must be new."""
+    if spec.name in ENGINES or spec.name == "auto":
+        raise ValueError(f"an engine named {spec.name!r} already exists")
+    ENGINES[spec.name] = spec
+
+
+def exportable_engines() -> tuple[str, ...]:
+    """Engines with their own file, which training can save with a model (in dependency order)."""
+    return tuple(name for name, spec in ENGINES.items() if spec.exportable)
+
+
+def with_requirements(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` plus the engines their exports need, in registry (dependency) order."""
+    wanted = set(names)
+    for name in reversed(list(ENGINES)):
+        if name in wanted:
+            wanted.update(ENGINES[name].requires)
+    return tuple(name for name in ENGINES if name in wanted)
+
+
+def choose_engine(choice: str, device: torch.device, available: tuple[str, ...]) -> str:
+    """The engine to serve: ``choice`` unless "auto", which means the first engine of (onnx, torch) that the
+    model carries and the device runs. Raises EngineError when the choice cannot be served."""
+    if choice == "auto":
+        preferred = ("onnx", "torch") if device.type == "cpu" else ("torch",)
+        return next(name for name in preferred if name in available)
+    if choice not in ENGINES:
+        raise EngineError(f"unknown engine {choice!r}; choose auto or one of: {', '.join(ENGINES)}")
+    if choice not in available:
+        raise EngineError(
+            f"engine {choice}: the model has no {ENGINES[choice].file} (it has: {', '.join(available)}); "
+            f"retrain with --export {choice} or choose another engine"
+        )
+    if device.type not in ENGINES[choice].devices:
+        raise EngineError(
+            f"engine {choice} runs on {', '.join(ENGINES[choice].devices)} only, not {device}; "
+            "choose another engine or device"
+        )
+    return choice
+
+
+def make_engine(
+    model: ModelDescription, name: str, device: torch.device, *, threads: int, compile_max_batch: int = 0
+) -> Engine:
+    """Build engine ``name`` (as chosen by choose_engine) for ``model``; EngineError if it will not load."""
+    return ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch))
+
+
+def agreement_caveat(model: ModelDescription, name: str) -> str | None:
+    """A warning to log when training measured this engine's top-1 agreement with fp32 under MIN_AGREEMENT."""
+    recorded = (model.metadata.get("engines") or {}).get(name) or {}
+    agreement = recorded.get("top1_agreement_with_fp32")
+    if agreement is None or agreement >= MIN_AGREEMENT:
+        return None
+    return (
+        f"model {model.tag}: its {name} engine agreed with fp32 on only {agreement:.1%} of the test images "
+        f"(accuracy change {recorded.get('accuracy_change', 0):+.3f}); consider another engine"
+    )

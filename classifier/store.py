@@ -1,0 +1,153 @@
+"""The saved model: its layout in the BentoML model store, written by training and read by serving, here only.
+
+A saved model is a BentoML model whose folder holds ``model.safetensors`` (backbone and head weights: a
+format that cannot execute code), ``metrics.json`` (training's full report), and the files of the engines
+exported with it (``classifier.engines.ENGINES[name].file``, e.g. ``model.onnx``); its metadata holds the
+contract and training's figures. The BentoML model store is reached through its public ``bentoml.models``
+API, imported where used: nothing else in this package imports BentoML.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from classifier.contract import METADATA_KEY, ContractError, ModelContract
+from classifier.engines import ENGINES
+from classifier.network import ClassifierNet, build_classifier
+
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    tag: str  # resolved: name:version, never :latest
+    contract: ModelContract
+    metadata: dict[str, Any]
+    weights_path: str
+    engine_files: dict[str, str]  # engines with their own file that the model carries -> their paths
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        """Engines this model can be served with, in registry order: those that run the weights, and those
+        whose file it carries."""
+        return tuple(name for name, spec in ENGINES.items() if spec.file is None or name in self.engine_files)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    tag: str
+    contract: ModelContract
+    network: ClassifierNet
+    metadata: dict[str, Any]
+
+
+def describe_model(tag: str) -> ModelDescription:
+    """Resolve ``tag`` and check that its weights fit its contract, without loading them.
+
+    Raises ContractError, with a message naming the problem and the fix, for an unknown tag,
+    a missing or invalid contract, or a weights file that is missing, truncated or does not
+    match the architecture (names and shapes are compared on the meta device).
+    """
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        model = bentoml.models.get(tag)
+    except (BentoMLException, ValueError) as exc:  # NotFound, or a malformed tag
+        raise ContractError(
+            f"model {tag!r} is not in the BentoML store ({exc}); train one with `python -m training` "
+            "or set CLASSIFIER_MODEL_TAG to a tag from `bentoml models list`"
+        ) from None
+    contract = ModelContract.from_metadata(model.info.metadata)
+    weights_path = model.path_of(WEIGHTS_FILE)
+    _check_weights(str(model.tag), contract, weights_path)
+    engine_files = {
+        name: model.path_of(spec.file)
+        for name, spec in ENGINES.items()
+        if spec.file is not None and os.path.isfile(model.path_of(spec.file))
+    }
+    return ModelDescription(str(model.tag), contract, dict(model.info.metadata), weights_path, engine_files)
+
+
+def _check_weights(tag: str, contract: ModelContract, weights_path: str) -> None:
+    with torch.device("meta"):
+        network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
+        expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    try:
+        with safe_open(weights_path, framework="pt") as fh:
+            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (OSError, SafetensorError) as exc:
+        raise ContractError(
+            f"model {tag}: {WEIGHTS_FILE} is missing or unreadable ({exc}); retrain or re-import it"
+        ) from None
+    if found != expected:
+        diff = sorted(set(found.items()) ^ set(expected.items()))[:3]
+        raise ContractError(
+            f"model {tag}: the weights do not match its contract ({contract.backbone}, "
+            f"{contract.num_classes} classes); differing entries: {diff}"
+        )
+
+
+def load_model(tag: str) -> LoadedModel:
+    """Load a saved model by tag on the CPU, in eval mode; raises ContractError as describe_model does."""
+    description = describe_model(tag)
+    contract = description.contract
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
+    try:
+        network.load_state_dict(load_file(description.weights_path), strict=True)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        raise ContractError(
+            f"model {description.tag}: the weights do not load into {contract.backbone} ({exc})"
+        ) from exc
+    return LoadedModel(description.tag, contract, network.eval(), description.metadata)
+
+
+def save_model(
+    name: str,
+    network: ClassifierNet,
+    contract: ModelContract,
+    *,
+    metadata: dict[str, Any],
+    report: dict[str, Any],
+    engine_files: dict[str, Path] | None = None,
+) -> str:
+    """Create a new version of model ``name`` and return its tag ("name:version").
+
+    ``metadata`` (test metrics, training arguments, dataset fingerprint, ...) is stored beside the contract;
+    ``report`` (the full metrics JSON) and ``engine_files`` ({engine name: exported file}) go into the folder.
+    """
+    import bentoml
+
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    labels = {"backbone": contract.backbone, "classes": str(contract.num_classes)}
+    with bentoml.models.create(
+        name, labels=labels, metadata=_without_none({METADATA_KEY: contract.to_metadata(), **metadata})
+    ) as model:
+        save_file(state, model.path_of(WEIGHTS_FILE), metadata={"contract": json.dumps(contract.to_metadata())})
+        with open(model.path_of(METRICS_FILE), "w") as fh:
+            json.dump(report, fh, indent=2)
+        for engine, source in (engine_files or {}).items():
+            target = ENGINES[engine].file
+            if target is None:
+                raise ValueError(f"engine {engine} has no file of its own to save")
+            shutil.copyfile(source, model.path_of(target))
+    return str(model.tag)
+
+
+def _without_none(value: Any) -> Any:
+    """BentoML metadata rejects None: drop such entries (absent means unset)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_without_none(v) for v in value if v is not None]
+    return value

@@ -1,0 +1,92 @@
+"""The public FastAPI app mounted at /v1: its OpenAPI description, request bodies, and the error handlers
+that give every failure the one error shape (service/http/errors.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from classifier import __version__
+from service.http.auth import CHALLENGE
+from service.http.errors import ApiError
+from service.http.schemas import ErrorDetail, ErrorResponse
+from service.metrics import metrics
+
+logger = logging.getLogger("service")
+
+TITLE = "Image classifier"
+DESCRIPTION = """Batched image classification with a transfer-learned model (transfer-serve).
+
+- `POST /v1/predict`: one image (multipart field `image`, or a raw `image/*` body); `?top_k=N`.
+- `POST /v1/predict/batch`: several images (multipart field `images`), results in the order sent.
+- `GET /v1/model`: the served model's tag, classes, contract, engine, device, batching and limits.
+- `GET /livez`, `GET /readyz`: health; `GET /metrics`: Prometheus metrics.
+- `GET /`, `GET /docs.json`: this page and its OpenAPI document; `/v1/docs`, `/v1/openapi.json`: those of /v1 alone.
+
+Errors are JSON, `{"error": {"reason", "message", "file", "index"}}`, with a 4xx for every bad input,
+503 with `Retry-After` when overloaded. With an API key configured, /v1 needs `Authorization: Bearer <key>`."""
+
+api = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION)
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 503)}
+ONE_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+MANY_IMAGES_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            },
+        },
+    }
+}
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    if exc.status < 500:
+        metrics().rejected.labels(exc.reason).inc()
+    body = ErrorResponse(error=ErrorDetail(reason=exc.reason, message=exc.message, file=exc.file, index=exc.index))
+    headers = {503: {"Retry-After": "1"}, 401: CHALLENGE}.get(exc.status)
+    return JSONResponse(body.model_dump(), status_code=exc.status, headers=headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    reason = {405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return await _api_error(request, ApiError(exc.status_code, reason, str(exc.detail)))
+
+
+@api.exception_handler(Exception)
+async def _bug(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error (a bug): %s", exc)
+    return await _api_error(request, ApiError(500, "internal_error", "unexpected server error; it has been logged"))
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return await _api_error(request, ApiError(400, "bad_parameter", f"{where}: {first.get('msg')}"))

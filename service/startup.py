@@ -1,0 +1,40 @@
+"""What to serve, decided once at start-up and pinned: the model version, the device and the engine.
+
+BentoML's ``on_deployment`` hook runs ``decide`` once, before any worker starts, and ``pin`` writes the
+decision into the environment every worker inherits (also a worker restarted later), so the front and
+the model runner can never disagree, even if a newer model lands or a GPU appears meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from classifier.device import pick_device
+from classifier.engines import choose_engine
+from classifier.store import ModelDescription, describe_model
+from service.settings import ENV_PREFIX, ServiceSettings
+
+
+@dataclass(frozen=True)
+class Serving:
+    model: ModelDescription
+    device: torch.device
+    engine: str
+
+
+def decide(settings: ServiceSettings) -> Serving:
+    """Resolve the model tag, device and engine the settings ask for; ContractError, EngineError or
+    ValueError (a missing CUDA device) with a one-line message when they cannot be served."""
+    model = describe_model(settings.model_tag)
+    device = pick_device(settings.device)
+    return Serving(model, device, choose_engine(settings.engine, device, model.engines))
+
+
+def pin(serving: Serving) -> None:
+    """Make the decision what every worker of this server reads as its settings."""
+    os.environ[ENV_PREFIX + "MODEL_TAG"] = serving.model.tag
+    os.environ[ENV_PREFIX + "DEVICE"] = str(serving.device)
+    os.environ[ENV_PREFIX + "ENGINE"] = serving.engine

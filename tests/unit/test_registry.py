@@ -1,0 +1,51 @@
+"""The engine registry: an engine is one module plus one registry entry, and everything that lists engines
+(the service's settings, the training CLI, the store, the engine factory) picks a new one up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from classifier.engines import ENGINES, EngineSpec, ExportRequest, make_engine, register, with_requirements
+from classifier.network import build_classifier
+from classifier.store import describe_model, save_model
+from service.settings import ServiceSettings, SettingsError
+from training.config import parse_args
+
+FAKE = EngineSpec("fake", "tests.support.fake_engine", ("cpu",), file="fake.txt", summary="always the last class")
+
+
+@pytest.fixture
+def fake_engine():
+    register(FAKE)  # the registry entry, undone after the test
+    yield FAKE
+    del ENGINES[FAKE.name]
+
+
+def test_built_in_engines_are_data():
+    assert list(ENGINES) == ["torch", "onnx", "onnx-int8"]
+    assert ENGINES["onnx-int8"].requires == ("onnx",) and ENGINES["torch"].file is None
+    assert with_requirements(("onnx-int8",)) == ("onnx", "onnx-int8")
+    with pytest.raises(ValueError, match="already exists"):
+        register(ENGINES["onnx"])
+
+
+def test_a_new_engine_needs_only_a_module_and_a_registry_entry(fake_engine, contract, tmp_path):
+    # the service accepts it, the training CLI offers it
+    assert ServiceSettings.from_env({"CLASSIFIER_ENGINE": "fake"}).engine == "fake"
+    assert parse_args(["--export", "fake"]).export == ("fake",)
+    # its export step writes its file; the store saves it and finds it again; the factory builds it
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
+    exported = FAKE.export(ExportRequest(network, contract, tmp_path, np.zeros((0, 3, 64, 64), np.uint8), {}))
+    model = describe_model(
+        save_model("fake-engine-test", network, contract, metadata={}, report={}, engine_files={"fake": exported})
+    )
+    assert model.engines == ("torch", "fake")
+    engine = make_engine(model, "fake", torch.device("cpu"), threads=1)
+    assert engine.predict(np.zeros((2, 3, 64, 64), np.uint8)).argmax(1).tolist() == [1, 1]  # the last class
+
+
+def test_an_unknown_engine_is_refused_in_one_line():
+    with pytest.raises(SettingsError, match="CLASSIFIER_ENGINE='fake': choose auto or one of: torch, onnx, onnx-int8"):
+        ServiceSettings.from_env({"CLASSIFIER_ENGINE": "fake"})

@@ -1,0 +1,138 @@
+"""The engines saved with a trained network, exported through the registry and checked against PyTorch.
+
+Each engine in ``--export`` runs its registry export step (classifier/engines/), in dependency order,
+then every exported engine is run on the test split: its accuracy, its top-1 agreement with PyTorch
+(and, for engines built on the fp32 graph, with that graph, plus its speed relative to it). The figures
+go into the model's metadata, where the service reads them to warn about an engine that disagrees.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from classifier.contract import ModelContract
+from classifier.engines import ENGINES, Engine, ExportRequest
+from classifier.network import ClassifierNet
+from classifier.preprocessing import prepare_image
+from training.data import TRAINING_MAX_PIXELS
+
+logger = logging.getLogger(__name__)
+
+BATCH = 16
+
+
+def export_engines(
+    network: ClassifierNet, contract: ModelContract, workdir: Path, names: tuple[str, ...], calibration: list[Path]
+) -> dict[str, Path]:
+    """Run the export steps of ``names`` (with their requirements, in registry order) into ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    images = load_images(calibration, contract) if calibration else np.zeros((0, 3, 1, 1), np.uint8)
+    exported: dict[str, Path] = {}
+    for name in names:
+        logger.info(
+            "exporting the %s engine%s",
+            name,
+            f" ({len(calibration)} calibration images)" if ENGINES[name].requires else "",
+        )
+        exported[name] = ENGINES[name].export(ExportRequest(network, contract, workdir, images, dict(exported)))
+    return exported
+
+
+def compare_engines(
+    engines: dict[str, Engine], torch_probs: np.ndarray, images: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
+    """Accuracy and top-1 agreement of each engine against PyTorch on the same images; for engines that build
+    on another (e.g. INT8 on fp32), agreement with it and the speed-up over it.
+
+    ``torch_probs`` are the PyTorch network's probabilities for ``images`` (uint8 [N, 3, S, S]).
+    """
+    report: dict[str, Any] = {"images": len(images), "torch_accuracy": _accuracy(torch_probs, labels)}
+    probs = {name: predict_in_batches(engine, images) for name, engine in engines.items()}
+    for name, p in probs.items():
+        entry = {
+            "accuracy": _accuracy(p, labels),
+            "top1_agreement_with_torch": _agreement(p, torch_probs),
+            "max_abs_probability_diff": float(np.abs(p - torch_probs).max()) if len(images) else 0.0,
+        }
+        for base in ENGINES[name].requires:
+            if base in probs:
+                entry["accuracy_change"] = entry["accuracy"] - _accuracy(probs[base], labels)
+                entry["top1_agreement_with_fp32"] = _agreement(p, probs[base])
+                entry["speedup_vs_fp32"] = _speedup(engines[name], engines[base], images)
+        report[name] = entry
+    return report
+
+
+def predict_in_batches(engine: Engine, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
+    """``engine.predict`` over ``images`` (uint8 [N, 3, S, S]) in batches: probabilities [N, C]."""
+    outputs = [engine.predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean()) if len(labels) else 0.0
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(1) == b.argmax(1)).mean()) if len(a) else 1.0
+
+
+def _speedup(engine: Engine, baseline: Engine, images: np.ndarray, repeats: int = 3) -> float:
+    """How many times faster ``engine`` runs one batch of up to 16 images than ``baseline``: best of a few
+    runs of each, interleaved so both see the same machine load."""
+    batch = images[:BATCH]
+    if not len(batch):
+        return 0.0
+    engine.predict(batch), baseline.predict(batch)
+    times = [(_timed(engine, batch), _timed(baseline, batch)) for _ in range(repeats)]
+    return min(b for _, b in times) / min(e for e, _ in times)
+
+
+def _timed(engine: Engine, batch: np.ndarray) -> float:
+    start = time.perf_counter()
+    engine.predict(batch)
+    return time.perf_counter() - start
+
+
+def load_images(paths: list[Path], contract: ModelContract) -> np.ndarray:
+    """Images preprocessed exactly as the service does, as uint8 [N, 3, S, S]."""
+    size = contract.image_size
+    if not paths:
+        return np.zeros((0, 3, size, size), np.uint8)
+    return np.stack([prepare_image(p.read_bytes(), contract, max_pixels=TRAINING_MAX_PIXELS).numpy() for p in paths])
+
+
+def build_and_compare(
+    network: ClassifierNet,
+    contract: ModelContract,
+    workdir: Path,
+    *,
+    names: tuple[str, ...],
+    calibration: list[Path],
+    test: list[Path],
+    test_probs: np.ndarray,
+    test_labels: np.ndarray,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Export ``names``, then compare the engines with PyTorch's ``test_probs`` on the ``test`` images.
+    Returns {engine name: file} and the comparison."""
+    files = export_engines(network, contract, workdir, names, calibration)
+    engines = {name: ENGINES[name].load(path, contract, torch.get_num_threads()) for name, path in files.items()}
+    report = compare_engines(engines, test_probs, load_images(test, contract), test_labels)
+    for name in files:
+        if "top1_agreement_with_fp32" in report[name]:
+            q = report[name]
+            logger.info(
+                "%s on %d test images: accuracy %+.3f, top-1 agreement with fp32 %.3f, %.1fx fp32's speed",
+                name,
+                len(test),
+                q["accuracy_change"],
+                q["top1_agreement_with_fp32"],
+                q["speedup_vs_fp32"],
+            )
+    return files, report
