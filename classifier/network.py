@@ -30,7 +30,8 @@ class ClassifierNet(nn.Module):
 
 
 class Normalize(nn.Module):
-    """uint8 (or 0-255 float) images [N, 3, H, W] or [3, H, W] -> (x / 255 - mean) / std, in the module's dtype."""
+    """uint8 (or 0-255 float) images [N, 3, H, W] or [3, H, W] -> (x / 255 - mean) / std, in the buffers' dtype
+    (float32 unless the module is cast)."""
 
     scale: torch.Tensor
     offset: torch.Tensor
@@ -50,7 +51,8 @@ class Normalize(nn.Module):
 
 
 class ServingNet(nn.Module):
-    """uint8 images [N, 3, S, S] -> probabilities [N, C] (softmax in float32 whatever the network's dtype)."""
+    """uint8 images [N, 3, S, S] -> probabilities [N, C]. Normalisation and softmax run in float32 whatever the
+    network's dtype: cast only ``.network`` to half precision (as the torch engine does on a GPU)."""
 
     def __init__(self, network: ClassifierNet, contract: ModelContract) -> None:
         super().__init__()
@@ -58,7 +60,8 @@ class ServingNet(nn.Module):
         self.network = network
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(self.normalize(images)).float().softmax(dim=1)
+        dtype = next(self.network.parameters()).dtype
+        return self.network(self.normalize(images).to(dtype)).float().softmax(dim=1)
 
 
 def build_backbone(name: str) -> nn.Module:

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="transfer-classifier:latest",
-        help="BentoML model tag (trained at 224 px for the README's figures)",
+        help="BentoML model tag (trained at 224 px for the figures in docs/performance.md)",
     )
     p.add_argument(
         "--photos",

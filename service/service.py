@@ -25,7 +25,7 @@ from fastapi import Query, Request
 
 from classifier.contract import ContractError
 from classifier.device import cpu_threads
-from classifier.engines import EngineError, agreement_caveat, make_engine
+from classifier.engines import ENGINES, EngineError, agreement_caveat, make_engine
 from classifier.jpeg_batch import JpegResult, classify_jpegs
 from service import transport
 from service.bentoml_compat import check_version, described_service, service_workers_alive
@@ -69,9 +69,9 @@ class ModelRunner:
         check_version()
         try:
             serving = decide(settings)
-            if serving.engine != "torch":  # a corrupt or foreign graph stops the server here, not in a worker
+            if ENGINES[serving.engine].file:  # a corrupt or foreign file stops the server here, not in a worker
                 make_engine(serving.model, serving.engine, serving.device, threads=1)
-        except (ContractError, EngineError, ValueError) as exc:
+        except (ContractError, EngineError, ValueError, ImportError) as exc:  # ImportError: a package not installed
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         # The version ("name:latest" -> "name:abc123"), device and engine, for every worker this server starts.
@@ -150,7 +150,8 @@ class ImageClassifier:
         self.model, device, self.engine = serving.model, serving.device, serving.engine
         self.device = device.type
         choice = self.settings.jpeg_decode
-        engine_decodes = choice == "engine" or (choice == "auto" and device.type == "cuda" and self.engine == "torch")
+        on_device = device.type == "cuda" and ENGINES[self.engine].takes_device_tensors
+        engine_decodes = choice == "engine" or (choice == "auto" and on_device)
         torch.set_num_threads(1)  # decoding runs in threads here; leave the cores to the model runner
         on_sigterm(self.settings.graceful_timeout_s)
         # The runner's client exists only once the server's event loop runs: look it up on each call.

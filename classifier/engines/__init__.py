@@ -74,6 +74,7 @@ class EngineSpec:
     devices: tuple[str, ...]  # device types it runs on: "cpu", "cuda"
     file: str | None = None  # its own file in the model folder; None: it runs the weights every model has
     requires: tuple[str, ...] = ()  # engines whose export must run first (their files feed this one's export)
+    takes_device_tensors: bool = False  # predict() accepts a tensor already on its device (GPU JPEG decoding)
     summary: str = ""
 
     @property
@@ -99,6 +100,7 @@ _BUILT_IN = (
         "torch",
         "classifier.engines.torch_engine",
         ("cpu", "cuda"),
+        takes_device_tensors=True,
         summary="PyTorch: the GPU engine (bf16/fp16, optionally compiled), and the CPU fallback",
     ),
     EngineSpec(

@@ -55,8 +55,8 @@ class OnnxEngine:
             )
         if graph_input.type != "tensor(uint8)":  # written by a version that normalised outside the graph
             raise EngineError(
-                f"{path} takes {graph_input.type}, not uint8 images: it was exported by an older "
-                "version of this project; retrain the model, or serve it with the torch engine"
+                f"{path} takes {graph_input.type}, not uint8 images: it was exported by an older version of "
+                "this project, which normalised outside the graph"
             )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

@@ -10,10 +10,9 @@ measurement). Training then checks the graph against fp32 on the test split.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnx
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
 
 from classifier.contract import ModelContract
 from classifier.engines import BuildRequest, ExportRequest
@@ -30,15 +29,8 @@ def load(path: Path | str, contract: ModelContract, threads: int) -> OnnxEngine:
     return OnnxEngine(path, contract, threads=threads, name="onnx-int8")
 
 
-class _Calibration(CalibrationDataReader):
-    """Feeds uint8 calibration batches to the quantizer, as the engines get them."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self._batches = iter([images[i : i + CALIBRATION_BATCH] for i in range(0, len(images), CALIBRATION_BATCH)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
+# Exporting needs onnx and ONNX Runtime's quantizer, which training installs and a serving image need not:
+# they are imported by the functions below, never when the engine is built.
 
 
 def export(request: ExportRequest) -> Path:
@@ -47,25 +39,47 @@ def export(request: ExportRequest) -> Path:
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> Path:
-    """Quantize the fp32 graph at ``fp32_path`` statically, calibrating on uint8 images [N, 3, S, S]."""
+    """Quantize the fp32 graph at ``fp32_path`` statically, calibrating on uint8 images [N, 3, S, S]. The
+    normalisation before the first Conv and everything after the last stay fp32."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+
     prepared = int8_path.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     quantize_static(
         str(prepared),
         str(int8_path),
-        _Calibration(calibration),
+        _calibration(calibration),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QUInt8,
-        nodes_to_exclude=nodes_after_last_conv(prepared),
+        nodes_to_exclude=nodes_outside_the_convolutions(prepared),
     )
     prepared.unlink()
     return int8_path
 
 
-def nodes_after_last_conv(path: Path) -> list[str]:
-    """Names of the graph's nodes after its last Conv (in graph order, which ONNX keeps topological)."""
+def _calibration(images: np.ndarray) -> Any:
+    """A reader that feeds uint8 calibration batches to the quantizer, as the engines get them."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter([images[i : i + CALIBRATION_BATCH] for i in range(0, len(images), CALIBRATION_BATCH)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    return Calibration()
+
+
+def nodes_outside_the_convolutions(path: Path) -> list[str]:
+    """Names of the graph's nodes before its first Conv (the normalisation: quantizing it would quantize the
+    input twice) and after its last (see the module's docstring)."""
+    import onnx
+
     nodes = onnx.load(str(path), load_external_data=False).graph.node
-    last = max((i for i, node in enumerate(nodes) if node.op_type == "Conv"), default=len(nodes) - 1)
-    return [node.name for node in nodes[last + 1 :]]
+    convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
+    first, last = (convs[0], convs[-1]) if convs else (0, len(nodes) - 1)
+    return [node.name for node in [*nodes[:first], *nodes[last + 1 :]]]

@@ -66,8 +66,8 @@ class TorchEngine:
         else:
             dtype = torch.float32
             torch.set_num_threads(threads)
-        serving = ServingNet(loaded.network, loaded.contract)
-        network = serving.to(device, dtype=dtype).to(memory_format=torch.channels_last).eval()
+        network = ServingNet(loaded.network, loaded.contract).to(device).eval()
+        network.network.to(dtype=dtype).to(memory_format=torch.channels_last)  # normalisation stays float32
         self.buckets = batch_buckets(compile_max_batch) if compile_max_batch else None
         if self.buckets:
             # One compiled graph per bucket: more buckets than Dynamo's recompile limit would fall back to eager.

@@ -29,7 +29,8 @@ DESCRIPTION = """Batched image classification with a transfer-learned model (tra
 - `GET /`, `GET /docs.json`: this page and its OpenAPI document; `/v1/docs`, `/v1/openapi.json`: those of /v1 alone.
 
 Errors are JSON, `{"error": {"reason", "message", "file", "index"}}`, with a 4xx for every bad input,
-503 with `Retry-After` when overloaded. With an API key configured, /v1 needs `Authorization: Bearer <key>`."""
+503 with `Retry-After` when overloaded. With an API key configured, /v1 needs `Authorization: Bearer <key>` or
+`X-API-Key: <key>`."""
 
 api = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION)
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 503)}

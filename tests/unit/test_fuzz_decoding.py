@@ -21,7 +21,7 @@ MAX_PIXELS = 4_000_000
 # The fixtures (a frozen contract, a number) hold no per-example state.
 FUZZ = settings(
     max_examples=300,
-    deadline=10_000,
+    deadline=60_000,  # catches a hang (e.g. a bomb decoded in full), not slowness: examples take milliseconds
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

@@ -6,7 +6,7 @@ import torch
 
 from classifier.engines import ENGINES, EngineError, ExportRequest
 from classifier.engines.ort_engine import OnnxEngine
-from classifier.engines.ort_int8 import nodes_after_last_conv
+from classifier.engines.ort_int8 import nodes_outside_the_convolutions
 from classifier.engines.torch_engine import TorchEngine
 from classifier.network import build_classifier
 from classifier.store import LoadedModel
@@ -110,22 +110,49 @@ def test_the_graph_takes_uint8_and_returns_probabilities(exported):
         assert graph.node[-1].op_type == "Softmax"
 
 
-def test_the_head_stays_fp32(exported):
-    """Only the convolutional part is quantized: nothing after the last Conv gets QDQ nodes."""
+def test_only_the_convolutions_are_quantized(exported):
+    """The normalisation before the first Conv and the head after the last get no QDQ nodes."""
     import onnx
 
     _, _, fp32, int8 = exported
-    tail = nodes_after_last_conv(fp32)
-    ops = [n.op_type for n in onnx.load(str(fp32), load_external_data=False).graph.node]
-    assert (
-        ops[-1] == "Softmax"
-        and "Gemm" in ops[-3:]
-        and len(tail) < len(ops)
-        and "Conv" not in ops[len(ops) - len(tail) :]
-    )
+    nodes = onnx.load(str(fp32), load_external_data=False).graph.node
+    outside = set(nodes_outside_the_convolutions(fp32))
+    ops = [n.op_type for n in nodes]
+    assert ops[-1] == "Softmax" and "Gemm" in ops[-3:]
+    assert {"Cast", "Mul", "Sub", "Gemm", "Softmax"} <= {n.op_type for n in nodes if n.name in outside}
+    assert not {n.op_type for n in nodes if n.name in outside} & {"Conv"}
     quantized = onnx.load(str(int8), load_external_data=False).graph.node
     dequantized = {out for n in quantized if n.op_type == "DequantizeLinear" for out in n.output}
-    (gemm,) = [n for n in quantized if n.op_type == "Gemm"]
-    assert not dequantized & set(gemm.input)  # the head reads fp32 activations and weights
+    for op in ("Gemm", "Mul", "Sub"):  # the head and the normalisation read fp32 activations and weights
+        (node,) = [n for n in quantized if n.op_type == op]
+        assert not dequantized & set(node.input), op
     convs = [n for n in quantized if n.op_type == "Conv"]
     assert all(n.input[1] in dequantized for n in convs)  # every convolution has int8 weights
+    assert convs[0].input[0] in dequantized  # the first one reads the normalised image, quantized once
+
+
+def test_a_graph_from_before_uint8_inputs_is_refused_with_the_fix(exported, tmp_path):
+    """Models saved by earlier versions carry a graph that takes normalised float32 and returns logits."""
+    contract, network, _, _ = exported
+    old = tmp_path / "old.onnx"
+    torch.onnx.export(
+        network, (torch.zeros(1, 3, 64, 64),), str(old), dynamo=True, input_names=["images"], output_names=["logits"]
+    )
+    with pytest.raises(EngineError, match="takes tensor\\(float\\), not uint8 images: it was exported by an older"):
+        OnnxEngine(old, contract, threads=1)
+
+
+def test_serving_int8_needs_neither_onnx_nor_the_quantizer(exported):
+    """A serving image installs ONNX Runtime only: building the INT8 engine must not import what exporting needs."""
+    import subprocess
+    import sys
+
+    contract, _, _, int8 = exported
+    code = (
+        "import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime.quantization'] = None\n"
+        "from classifier.contract import ModelContract; from classifier.engines import ENGINES\n"
+        f"contract = ModelContract.model_validate_json({contract.model_dump_json()!r})\n"
+        f"print(ENGINES['onnx-int8'].load({str(int8)!r}, contract, 1).name)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "onnx-int8", result.stderr[-2000:]

@@ -27,7 +27,7 @@ def test_normalize_matches_formula(contract):
     assert out.dtype == torch.float32
     assert torch.allclose(out[1, :, 2, 2], expected)
     assert torch.allclose(normalize(batch[0]), out[0])  # one image too (training's datasets)
-    assert normalize.to(torch.bfloat16)(batch).dtype == torch.bfloat16  # the network's dtype on a GPU
+    assert normalize.to(torch.bfloat16)(batch).dtype == torch.bfloat16  # follows its buffers' dtype
 
 
 def test_serving_network_takes_uint8_and_returns_probabilities(contract):
@@ -38,6 +38,20 @@ def test_serving_network_takes_uint8_and_returns_probabilities(contract):
         logits = network(Normalize.from_contract(contract)(images))
     assert probs.dtype == torch.float32 and torch.allclose(probs.sum(1), torch.ones(3))
     assert torch.allclose(probs, logits.softmax(1), atol=1e-6)
+
+
+def test_a_half_precision_network_still_normalises_in_float32(contract):
+    serving = ServingNet(build_classifier(contract.backbone, contract.num_classes, contract.dropout), contract)
+    serving.network.to(torch.bfloat16)  # what the torch engine does on a GPU
+    seen = []
+    serving.network.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        probs = serving.eval()(images)
+        exact = Normalize.from_contract(contract)(images)
+    assert serving.normalize.scale.dtype == torch.float32 and probs.dtype == torch.float32
+    (fed,) = seen  # the network gets the float32 result rounded once to bf16, not bf16 arithmetic
+    assert fed.dtype == torch.bfloat16 and torch.equal(fed, exact.to(torch.bfloat16))
 
 
 def test_prepare_image_same_photo_any_format(odd_image, contract):

@@ -1,0 +1,28 @@
+"""What to serve is decided once and pinned: every worker then reads the same model version, device and engine."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from classifier.network import build_classifier
+from classifier.store import save_model
+from service.settings import ServiceSettings
+from service.startup import decide, pin
+
+
+def test_decide_resolves_and_pin_makes_every_worker_read_the_decision(contract, monkeypatch):
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
+    tag = save_model("pinned-test", network, contract, metadata={}, report={})
+    for var in ("CLASSIFIER_MODEL_TAG", "CLASSIFIER_DEVICE", "CLASSIFIER_ENGINE"):
+        monkeypatch.delenv(var, raising=False)  # restored (here: removed again) after the test
+    settings = ServiceSettings.from_env({"CLASSIFIER_MODEL_TAG": "pinned-test:latest", "CLASSIFIER_DEVICE": "cpu"})
+    serving = decide(settings)
+    assert (serving.model.tag, serving.device, serving.engine) == (tag, torch.device("cpu"), "torch")  # no graphs
+    save_model("pinned-test", network, contract, metadata={}, report={})  # a newer version lands meanwhile
+    pin(serving)
+    assert os.environ["CLASSIFIER_MODEL_TAG"] == tag  # name:version, never :latest
+    worker = ServiceSettings.from_env()  # what a worker started now reads
+    assert (worker.model_tag, worker.device, worker.engine) == (tag, "cpu", "torch")
+    assert decide(worker).model.tag == tag  # still the pinned version, not the newer one
