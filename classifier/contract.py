@@ -48,6 +48,13 @@ class ModelContract(BaseModel):
     mean: tuple[float, float, float] = Field(json_schema_extra=_PREPROCESSING)
     std: tuple[float, float, float] = Field(json_schema_extra=_PREPROCESSING)
     dropout: float = Field(ge=0.0, lt=1.0, json_schema_extra=_NOT_PREPROCESSING)
+    temperature: float = Field(
+        1.0,
+        gt=0.0,
+        description="Calibration: probabilities are softmax(logits / temperature), fitted on the validation split "
+        "(1.0: uncalibrated, as in models saved before calibration)",
+        json_schema_extra=_NOT_PREPROCESSING,
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelContract:

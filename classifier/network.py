@@ -51,17 +51,20 @@ class Normalize(nn.Module):
 
 
 class ServingNet(nn.Module):
-    """uint8 images [N, 3, S, S] -> probabilities [N, C]. Normalisation and softmax run in float32 whatever the
-    network's dtype: cast only ``.network`` to half precision (as the torch engine does on a GPU)."""
+    """uint8 images [N, 3, S, S] -> calibrated probabilities [N, C]: softmax(logits / the contract's temperature).
+    Normalisation and softmax run in float32 whatever the network's dtype: cast only ``.network`` to half
+    precision (as the torch engine does on a GPU)."""
 
     def __init__(self, network: ClassifierNet, contract: ModelContract) -> None:
         super().__init__()
         self.normalize = Normalize.from_contract(contract)
         self.network = network
+        self.temperature = contract.temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dtype = next(self.network.parameters()).dtype
-        return self.network(self.normalize(images).to(dtype)).float().softmax(dim=1)
+        logits = self.network(self.normalize(images).to(dtype)).float()
+        return (logits / self.temperature).softmax(dim=1)
 
 
 def build_backbone(name: str) -> nn.Module:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from classifier.contract import ContractError
 from classifier.engines import ENGINES, exportable_engines
+from loadtests.host import describe_host, host_line
 from loadtests.results import Level, median_engines, median_level, plot, table, write_csv
 from loadtests.servers import REPO, serve
 from loadtests.sweep import sweep
@@ -199,15 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(results, args.out / "benchmark.csv")
     sizes = f"photos at {args.sizes} px" if args.sizes else "photos as they are"
     plot(results, args.out / "benchmark.png", f"{model} on this machine, one photo per request, {sizes}")
+    host = describe_host()
     report = (
-        f"Load: one photo per request, {sizes}, from {args.photos}. Medians of {args.rounds} interleaved "
-        f"rounds.\n\n{text}\n\n" + "\n".join(targets) + "\n"
+        f"{host_line(host)}\nLoad: one photo per request, {sizes}, from {args.photos}. Medians of {args.rounds} "
+        f"interleaved rounds.\n\n{text}\n\n" + "\n".join(targets) + "\n"
     )
     (args.out / "benchmark.md").write_text(report)
     (args.out / "engines.json").write_text(json.dumps(engines, indent=2) + "\n")
     (args.out / "benchmark.json").write_text(
         json.dumps(
             {
+                "host": host,
                 "engines": engines,
                 "services": {name: [vars(lv) for lv in levels] for name, levels in results.items()},
                 "rounds": {

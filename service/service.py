@@ -198,6 +198,7 @@ class ImageClassifier:
             device=self.device,
             engine=self.engine,
             training_metrics=self.model.metadata.get("test_metrics", {}),
+            calibration=self.model.metadata.get("calibration", {}),
             batching=Batching(max_batch_size=_BATCHING.max_batch_size, max_latency_ms=_BATCHING.max_latency_ms),
             limits=Limits(max_body_bytes=s.max_body_bytes, max_pixels=s.max_pixels, max_images=s.max_images),
         )

@@ -25,6 +25,11 @@ def _summary(result: RunResult) -> str:
     ]
     for name, row in test["per_class"].items():
         lines.append(f"  {name:<20} precision {row['precision']:.3f}  recall {row['recall']:.3f}  f1 {row['f1']:.3f}")
+    if c := result.calibration:
+        lines.append(
+            f"calibration  temperature {c['temperature']:.3f}: test ECE {c['test_ece_before']:.3f} -> "
+            f"{c['test_ece_after']:.3f} ({c['fitted_on']})"
+        )
     lines += _engine_lines(result.engines)
     cache = ", ".join(f"{split} {'hit' if hit else 'miss'}" for split, hit in result.cache_hits.items())
     lines += [

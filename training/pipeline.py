@@ -21,6 +21,7 @@ from classifier.preprocessing import prepare_image
 from classifier.store import save_model
 from training import features as feats
 from training import report
+from training.calibration import calibrate, rescale
 from training.config import TrainConfig
 from training.data import TRAINING_MAX_PIXELS, Sample, Splits, load_splits
 from training.datasets import Augmentation, image_loader
@@ -49,6 +50,7 @@ class RunResult:
     cache_hits: dict[str, bool] = field(default_factory=dict)
     engines: dict[str, Any] | None = None  # exported engines compared with PyTorch on the test split
     timings: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)  # temperature and test ECE before/after
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -143,12 +145,25 @@ def run(cfg: TrainConfig) -> RunResult:
     metrics = {
         name: classification_metrics(e.probs, e.labels, splits.class_names, e.loss) for name, e in evaluations.items()
     }
-    payload = _report_payload(cfg, splits, contract, metrics, history, hits, timings)
-    plots = _plots(cfg.output, splits, contract, history, metrics, evaluations["test"])
+    # Calibrated on the last validation evaluation; from here on the test probabilities are what the service serves.
+    val, uncalibrated = evaluations.get("after_fine_tune", after_head), evaluations["test"]
+    calibration = calibrate(val.probs, val.labels, uncalibrated.probs, uncalibrated.labels)
+    contract = contract.model_copy(update={"temperature": calibration["temperature"]})
+    test = Evaluation(uncalibrated.loss, rescale(uncalibrated.probs, contract.temperature), uncalibrated.labels)
+    log_calibration(calibration)
+    payload = {**_report_payload(cfg, splits, contract, metrics, history, hits, timings), "calibration": calibration}
+    plots = _plots(cfg.output, splits, contract, history, metrics, test)
+    plots.append(
+        report.plot_reliability(uncalibrated.probs, test.probs, test.labels, cfg.output / report.RELIABILITY_FILE)
+    )
     with tempfile.TemporaryDirectory(prefix="onnx-") as workdir:
-        files, payload["engines"] = _export_engines(cfg, model, contract, splits, evaluations["test"], Path(workdir))
+        files, payload["engines"] = _export_engines(cfg, model, contract, splits, test, Path(workdir))
         report_path = report.write_json(cfg.output / report.METRICS_FILE, payload)
-        metadata = {**_model_metadata(cfg, splits, metrics["test"]), "engines": payload["engines"]}
+        metadata = {
+            **_model_metadata(cfg, splits, metrics["test"]),
+            "engines": payload["engines"],
+            "calibration": calibration,
+        }
         tag = save_model(cfg.name, model, contract, metadata=metadata, report=payload, engine_files=files)
     return RunResult(
         tag,
@@ -160,6 +175,7 @@ def run(cfg: TrainConfig) -> RunResult:
         cache_hits=hits,
         timings=timings,
         engines=payload["engines"],
+        calibration=calibration,
     )
 
 
@@ -177,6 +193,18 @@ def _export_engines(cfg: TrainConfig, model: ClassifierNet, contract, splits: Sp
         test=[s.path for s in splits.test],
         test_probs=test.probs.numpy(),
         test_labels=test.labels.numpy(),
+    )
+
+
+def log_calibration(calibration: dict[str, Any]) -> None:
+    logger.info(
+        "calibration: temperature %.3f (%s); test ECE %.3f -> %.3f, NLL %.3f -> %.3f",
+        calibration["temperature"],
+        calibration["fitted_on"],
+        calibration["test_ece_before"],
+        calibration["test_ece_after"],
+        calibration["test_nll_before"],
+        calibration["test_nll_after"],
     )
 
 

@@ -17,6 +17,7 @@ METRICS_FILE = "metrics.json"
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 GRID_FILE = "test_predictions.png"
+RELIABILITY_FILE = "reliability.png"
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
@@ -89,3 +90,30 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_reliability(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor, path: Path) -> Path:
+    """Reliability diagram of the test split: accuracy against confidence per bin, before and after temperature
+    scaling (a calibrated model follows the diagonal); the ECE of each in the legend."""
+    from training.calibration import expected_calibration_error, reliability
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
+    for probs, name, marker in ((before, "before", "o"), (after, "after", "s")):
+        rows = reliability(probs, labels)
+        ece = expected_calibration_error(probs, labels)
+        ax.plot(
+            [r["confidence"] for r in rows],
+            [r["accuracy"] for r in rows],
+            marker=marker,
+            linestyle="-",
+            label=f"{name} (ECE {ece:.3f})",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability on the test split ({len(labels)} images)")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

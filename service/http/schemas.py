@@ -66,5 +66,10 @@ class ModelInfo(BaseModel):
         + "; ".join(f"{name} ({spec.summary})" for name, spec in ENGINES.items())
     )
     training_metrics: dict[str, Any] = Field(description="test-split metrics recorded at training time")
+    calibration: dict[str, Any] = Field(
+        default_factory=dict,
+        description="temperature scaling fitted at training time: the temperature, what it was fitted on, and the "
+        "test split's expected calibration error and NLL before and after (empty for models saved before it)",
+    )
     batching: Batching
     limits: Limits

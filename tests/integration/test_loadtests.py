@@ -168,6 +168,7 @@ def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Load: one photo per request, photos at 100,640 px" in result.stdout
     report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["host"]["cores"] and "Host: " in result.stdout  # the CPU and its flags go with every result
     assert set(report["engines"]["images_per_s"]) == {"torch", "onnx", "onnx-int8"}
     assert 0 <= report["engines"]["int8_top1_agreement"] <= 1
     services = report["services"]

@@ -247,6 +247,11 @@ def test_model_information(server, trained_model):
     assert info["engine"] == "onnx"  # auto: ONNX Runtime fp32 on the CPU, since training exported it
     assert info["contract"]["image_size"] == 64 and info["contract"]["mean"] == [0.485, 0.456, 0.406]
     assert 0 <= info["training_metrics"]["accuracy"] <= 1
+    calibration = info["calibration"]  # 12 images per class: too few validation images to fit a temperature
+    assert (
+        calibration["temperature"] == info["contract"]["temperature"] == 1.0
+        and "not fitted" in calibration["fitted_on"]
+    )
     assert info["batching"] == {"max_batch_size": 4, "max_latency_ms": 30000}
     assert info["limits"]["max_images"] == 12
 

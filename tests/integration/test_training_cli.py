@@ -38,14 +38,18 @@ def test_train_save_and_reuse_cache(synthetic, tmp_path):
     assert test["loss"] < 1.0  # calibrated, not overconfident on unseen images
     assert report1["metrics"]["baseline"]["count"] == 48 and "after_head" in report1["metrics"]
     assert len(report1["history"]) == 6
-    for name in ("learning_curves.png", "confusion_matrix.png", "test_predictions.png"):
+    for name in ("learning_curves.png", "confusion_matrix.png", "test_predictions.png", "reliability.png"):
         assert (out1 / name).read_bytes().startswith(PNG)
+    calibration = report1["calibration"]  # fitted on the 48 validation images, judged on the 12 test images
+    assert calibration["fitted_on"] == "48 validation images"
+    assert calibration["test_ece_after"] < calibration["test_ece_before"]
 
     loaded = load_model(tag1)
     contract = loaded.contract
     assert contract.class_names == ("cats", "dogs") and contract.backbone == "resnet50"
     assert (contract.image_size, contract.resize_size, contract.weights) == (64, 73, "none")
     meta = loaded.metadata
+    assert contract.temperature == calibration["temperature"] == meta["calibration"]["temperature"] != 1.0
     assert meta["test_metrics"]["accuracy"] == test["accuracy"]
     assert meta["training_args"]["epochs"] == 6 and meta["training_args"]["weights"] == "none"
     assert meta["dataset"]["fingerprint"] == report1["dataset"]["fingerprint"]
