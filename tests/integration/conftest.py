@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loadtests.servers import serve
-from tests.support.cli import saved_tag, train
+from tests.support.cli import train_small
 from tests.support.synthetic import make_dataset
 
 SERVER_ENV = {
@@ -24,24 +24,7 @@ def trained_model(tmp_path_factory) -> str:
     """Tag of a small model (ResNet50, random init, 64 px) trained on generated images."""
     root = tmp_path_factory.mktemp("service-model")
     data = make_dataset(root / "data", per_class=12)
-    return saved_tag(
-        train(
-            "--data",
-            str(data),
-            "--name",
-            "service-test",
-            "--weights",
-            "none",
-            "--image-size",
-            "64",
-            "--epochs",
-            "3",
-            "--workers",
-            "0",
-            "--output",
-            str(root / "out"),
-        )
-    )
+    return train_small(data, root / "out", name="service-test", epochs=3, export=None)
 
 
 @pytest.fixture(scope="session")
@@ -57,23 +40,4 @@ def slow_model(tmp_path_factory) -> str:
     offer it several times what it serves, and catch requests in flight."""
     root = tmp_path_factory.mktemp("slow-model")
     data = make_dataset(root / "data", per_class=12)
-    return saved_tag(
-        train(
-            "--data",
-            str(data),
-            "--name",
-            "slow-test",
-            "--weights",
-            "none",
-            "--image-size",
-            "224",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "--export",
-            "none",
-            "--output",
-            str(root / "out"),
-        )
-    )
+    return train_small(data, root / "out", name="slow-test", image_size=224)

@@ -13,7 +13,7 @@ import pytest
 from loadtests.servers import REPO, serve
 from service.bentoml_compat import NO_WORKER_RESTART_VARIABLES
 from tests.conftest import ODD_IMAGES
-from tests.support.cli import saved_tag, train
+from tests.support.cli import train_small
 from tests.support.synthetic import make_dataset
 
 pytestmark = pytest.mark.slow
@@ -22,24 +22,7 @@ pytestmark = pytest.mark.slow
 def test_built_bento_serves(tmp_path):
     # bentofile.yaml packages transfer-classifier:latest, the training module's default name.
     data = make_dataset(tmp_path / "data", per_class=8)
-    tag = saved_tag(
-        train(
-            "--data",
-            str(data),
-            "--weights",
-            "none",
-            "--export",
-            "none",
-            "--image-size",
-            "64",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "--output",
-            str(tmp_path / "out"),
-        )
-    )
+    tag = train_small(data, tmp_path / "out")
     assert tag.startswith("transfer-classifier:")
     built = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag"],

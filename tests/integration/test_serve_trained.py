@@ -5,33 +5,14 @@ import pytest
 
 from loadtests.servers import serve
 from tests.conftest import ODD_IMAGES
-from tests.support.cli import saved_tag, train
+from tests.support.cli import train_small
 from tests.support.synthetic import make_dataset
 
 
 @pytest.mark.slow
 def test_trained_model_is_served(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=12)
-    tag = saved_tag(
-        train(
-            "--data",
-            str(data),
-            "--name",
-            "served",
-            "--weights",
-            "none",
-            "--export",
-            "none",
-            "--image-size",
-            "64",
-            "--epochs",
-            "2",
-            "--workers",
-            "0",
-            "--output",
-            str(tmp_path / "out"),
-        )
-    )
+    tag = train_small(data, tmp_path / "out", name="served", epochs=2)
     with serve({"CLASSIFIER_MODEL_TAG": "served:latest"}) as url:
         ok = httpx.post(
             f"{url}/v1/predict",
@@ -51,26 +32,7 @@ def test_trained_model_is_served(tmp_path):
         assert bad.status_code == 400 and "not_an_image" in bad.text
         # A newer version landing in the store does not change what the running server serves:
         # "served:latest" was pinned to one version for the front and the model runner alike.
-        newer = saved_tag(
-            train(
-                "--data",
-                str(data),
-                "--name",
-                "served",
-                "--weights",
-                "none",
-                "--export",
-                "none",
-                "--image-size",
-                "64",
-                "--epochs",
-                "1",
-                "--workers",
-                "0",
-                "--output",
-                str(tmp_path / "out2"),
-            )
-        )
+        newer = train_small(data, tmp_path / "out2", name="served")
         assert newer != tag
         again = httpx.post(
             f"{url}/v1/predict", files={"image": ("h.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes())}, timeout=60
