@@ -32,7 +32,7 @@ def export_engines(
 ) -> dict[str, Path]:
     """Run the export steps of ``names`` (with their requirements, in registry order) into ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    images = load_images(calibration, contract) if calibration else np.zeros((0, 3, 1, 1), np.uint8)
+    images = load_images(calibration, contract)
     exported: dict[str, Path] = {}
     for name in names:
         logger.info(

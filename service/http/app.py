@@ -34,35 +34,17 @@ Errors are JSON, `{"error": {"reason", "message", "file", "index"}}`, with a 4xx
 
 api = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION)
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 503)}
-ONE_IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-MANY_IMAGES_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["images"],
-                    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                }
-            },
-        },
-    }
-}
+_FILE = {"type": "string", "format": "binary"}
+
+
+def _request_body(field: str, file_schema: dict[str, Any], **other_content: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI request body: a multipart form with ``field`` required (endpoints read uploads themselves)."""
+    form = {"type": "object", "required": [field], "properties": {field: file_schema}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}, **other_content}}}
+
+
+ONE_IMAGE_BODY = _request_body("image", _FILE, **{"image/*": {"schema": _FILE}})
+MANY_IMAGES_BODY = _request_body("images", {"type": "array", "items": _FILE})
 
 
 @api.exception_handler(ApiError)
