@@ -23,6 +23,31 @@ class ContractError(ValueError):
     """A saved model's metadata does not hold a valid contract."""
 
 
+class OodContract(BaseModel):
+    """The out-of-distribution score the serving graph computes beside the probabilities, and where "unknown"
+    starts. The score is the squared Mahalanobis distance of the pooled features to the nearest class mean
+    (shared covariance, fitted on the training features), divided by ``dims``: about 1 for a typical training
+    image, larger for images unlike any class."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["mahalanobis"] = "mahalanobis"
+    dims: int = Field(ge=1, description="width of the whitened feature space the distance is taken in")
+    threshold: float = Field(gt=0.0, description="scores above this are answered as unknown")
+    accept_rate: float = Field(
+        gt=0.0, le=1.0, description="share of the validation split at or below the threshold (how it was chosen)"
+    )
+    score_scales: dict[str, float] = Field(
+        default_factory=dict,
+        description="per engine whose scores run on another scale than PyTorch's (INT8's quantized features score "
+        "higher): the factor that maps them onto it, the threshold over the same quantile of that engine's "
+        "validation scores; absent engines use 1",
+    )
+
+    def scale_for(self, engine: str) -> float:
+        return self.score_scales.get(engine, 1.0)
+
+
 class ModelContract(BaseModel):
     """Everything needed to rebuild the network and feed it exactly as in training.
 
@@ -55,6 +80,12 @@ class ModelContract(BaseModel):
         "(1.0: uncalibrated, as in models saved before calibration)",
         json_schema_extra=_NOT_PREPROCESSING,
     )
+    ood: OodContract | None = Field(
+        None,
+        description="the out-of-distribution score, the graph's last output column (None: a model saved before "
+        "OOD detection, whose graph outputs probabilities only)",
+        json_schema_extra=_NOT_PREPROCESSING,
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelContract:
@@ -74,6 +105,11 @@ class ModelContract(BaseModel):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def output_width(self) -> int:
+        """Columns of the serving graph's output: the class probabilities, then the OOD score if the model has one."""
+        return self.num_classes + (1 if self.ood else 0)
 
     @classmethod
     def preprocessing_fields(cls) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ service undecoded; there ``decode_batch`` decodes the batch with ``torchvision.i
 the model's device, then resizes and crops each image there as the contract prescribes. Everything
 else (other formats, EXIF rotation, CMYK, progressive or oversized JPEGs) keeps the front's
 Pillow path, which handles every case, and so does any JPEG the batch decoder rejects (its result is a
-``JpegResult`` with an error and no probabilities; the front then decodes it with Pillow, which either
+``JpegResult`` with an error and no scores; the front then decodes it with Pillow, which either
 succeeds or names the problem in a 400).
 
 The two paths give the same pixels when Pillow needs no draft scaling (images under about twice the
@@ -51,9 +51,10 @@ def batch_decodable(data: bytes, max_pixels: int) -> bool:
 
 
 class JpegResult(BaseModel):
-    """One image of a batch decoded next to the model: its probabilities, or why it could not be decoded."""
+    """One image of a batch decoded next to the model: its row of the graph's output (probabilities, then the
+    OOD score if the model has one), or why it could not be decoded."""
 
-    probabilities: list[float] | None = None
+    scores: list[float] | None = None
     error: str | None = None
 
 
@@ -90,6 +91,5 @@ def classify_jpegs(
     batch, failed = decode_batch(datas, contract, device)
     probs = predict(batch)
     return [
-        JpegResult(error=failed[i]) if i in failed else JpegResult(probabilities=probs[i].tolist())
-        for i in range(len(datas))
+        JpegResult(error=failed[i]) if i in failed else JpegResult(scores=probs[i].tolist()) for i in range(len(datas))
     ]

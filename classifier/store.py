@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from classifier.contract import METADATA_KEY, ContractError, ModelContract
 from classifier.engines import ENGINES
-from classifier.network import ClassifierNet, build_classifier
+from classifier.network import ClassifierNet, build_network
 
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
@@ -81,7 +81,7 @@ def describe_model(tag: str) -> ModelDescription:
 
 def _check_weights(tag: str, contract: ModelContract, weights_path: str) -> None:
     with torch.device("meta"):
-        network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
+        network = build_network(contract)
         expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
     try:
         with safe_open(weights_path, framework="pt") as fh:
@@ -102,7 +102,7 @@ def load_model(tag: str) -> LoadedModel:
     """Load a saved model by tag on the CPU, in eval mode; raises ContractError as describe_model does."""
     description = describe_model(tag)
     contract = description.contract
-    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
+    network = build_network(contract)
     try:
         network.load_state_dict(load_file(description.weights_path), strict=True)
     except (OSError, RuntimeError, SafetensorError) as exc:

@@ -16,12 +16,19 @@ PREFIX = "image_classifier"
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SHED_REASONS = ("queue_full", "queue_timeout", "batching_budget")
 _CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+# OOD scores: about 1 for a typical training image; thresholds fall around 1.5-3.
+_OOD = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 100.0)
 
 
 @dataclass(frozen=True)
 class ServiceMetrics:
     predictions: Counter
     confidence: Histogram
+    ood_score: Histogram
+    ood_threshold: Gauge
+    unknown: Counter
+    drift_psi: Gauge
+    training_share: Gauge
     rejected: Counter
     preprocess_seconds: Histogram
     inference_seconds: Histogram
@@ -41,6 +48,32 @@ def metrics() -> ServiceMetrics:
             f"{PREFIX}_prediction_confidence",
             "Probability of the top-1 class of each classified image.",
             buckets=_CONFIDENCE,
+        ),
+        ood_score=Histogram(
+            f"{PREFIX}_ood_score",
+            "Out-of-distribution score of each classified image (about 1 for a typical training image).",
+            buckets=_OOD,
+        ),
+        ood_threshold=Gauge(
+            f"{PREFIX}_ood_threshold",
+            "The served model's OOD threshold: images scoring above it are answered as not known.",
+            multiprocess_mode="livemax",
+        ),
+        unknown=Counter(
+            f"{PREFIX}_unknown_predictions",
+            "Images answered known=false (OOD score above the threshold), whether flagged or abstained.",
+        ),
+        drift_psi=Gauge(
+            f"{PREFIX}_drift_psi",
+            "Population stability index of the predicted classes over the last CLASSIFIER_DRIFT_WINDOW answers "
+            "against the training split's class shares (above 0.25: a shift worth a look).",
+            multiprocess_mode="livemax",
+        ),
+        training_share=Gauge(
+            f"{PREFIX}_training_class_share",
+            "Each class's share of the served model's training split (the drift figure's reference).",
+            ["class_name"],
+            multiprocess_mode="livemax",
         ),
         rejected=Counter(
             f"{PREFIX}_rejected_inputs",

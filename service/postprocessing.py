@@ -4,18 +4,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.http.schemas import ClassScore, Prediction
+from classifier.contract import ModelContract
+from service.http.schemas import ClassScore, Prediction, UnknownPolicy
+
+UNKNOWN_LABEL = "unknown"  # the label of an abstained answer (CLASSIFIER_UNKNOWN=abstain)
 
 
-def to_prediction(probs: np.ndarray, class_names: tuple[str, ...], k: int, filename: str | None = None) -> Prediction:
-    """One probability vector [C] -> a Prediction with the k most probable classes, most probable first.
+def to_prediction(
+    row: np.ndarray,
+    contract: ModelContract,
+    k: int,
+    filename: str | None = None,
+    unknown: UnknownPolicy = "flag",
+) -> Prediction:
+    """One row of the serving graph's output (probabilities [C], then the OOD score if the model has one) ->
+    a Prediction with the k most probable classes, most probable first (ties keep class order).
 
-    Ties keep class order, so the result is deterministic.
+    ``known`` is whether the OOD score is within the contract's threshold: None for a model without an OOD
+    score or with ``unknown`` "off". With "abstain" an unknown image is labelled UNKNOWN_LABEL; ``probability``
+    and ``top_k`` stay the classes' (the label kept with "flag").
     """
-    k = max(1, min(k, len(class_names)))
+    probs = row[: contract.num_classes]
+    k = max(1, min(k, contract.num_classes))
     order = np.argsort(-probs, kind="stable")[:k]
-    scores = [ClassScore(label=class_names[i], probability=round(float(probs[i]), 6)) for i in order]
-    return Prediction(label=scores[0].label, probability=scores[0].probability, top_k=scores, filename=filename)
+    scores = [ClassScore(label=contract.class_names[i], probability=round(float(probs[i]), 6)) for i in order]
+    ood_score = float(row[contract.num_classes]) if contract.ood else None
+    known = None
+    if contract.ood is not None and ood_score is not None and unknown != "off":
+        known = ood_score <= contract.ood.threshold
+    label = UNKNOWN_LABEL if known is False and unknown == "abstain" else scores[0].label
+    return Prediction(
+        label=label,
+        probability=scores[0].probability,
+        top_k=scores,
+        ood_score=None if ood_score is None else round(ood_score, 6),
+        known=known,
+        filename=filename,
+    )
 
 
 def default_top_k(num_classes: int) -> int:

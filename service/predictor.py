@@ -31,6 +31,7 @@ from service.http.errors import ApiError
 from service.http.schemas import Prediction
 from service.http.uploads import Upload
 from service.metrics import metrics
+from service.monitoring import Monitor
 from service.postprocessing import default_top_k, to_prediction
 from service.settings import ServiceSettings
 
@@ -40,8 +41,9 @@ ModelCall = Callable[[Any], Awaitable[np.ndarray]]
 
 
 class Predictor:
-    """``infer`` takes uint8 [N, 3, S, S] and returns probabilities [N, C]; ``infer_jpeg`` takes a list of JPEG
-    bytes and returns a JpegResult per image. ``engine_decodes``: send plain JPEGs to infer_jpeg."""
+    """``infer`` takes uint8 [N, 3, S, S] and returns the graph's outputs [N, contract.output_width] (probabilities,
+    then the OOD score); ``infer_jpeg`` takes a list of JPEG bytes and returns a JpegResult per image.
+    ``engine_decodes``: send plain JPEGs to infer_jpeg."""
 
     def __init__(
         self,
@@ -56,6 +58,7 @@ class Predictor:
         self.infer, self.infer_jpeg = infer, infer_jpeg
         self.engine_decodes = engine_decodes
         self._limiter: anyio.CapacityLimiter | None = None
+        self.monitor = Monitor(model, settings.drift_window)
         m = metrics()
 
         def observe(admitted: int, queued: int) -> None:
@@ -81,7 +84,7 @@ class Predictor:
 
     async def _classify(self, uploads: list[Upload], top_k: int | None, many: bool) -> list[Prediction]:
         contract = self.model.contract
-        probs = np.zeros((len(uploads), contract.num_classes), dtype=np.float32)
+        outputs = np.zeros((len(uploads), contract.output_width), dtype=np.float32)  # probabilities, OOD score
         errors: dict[int, ApiError] = {}
         there = [
             i
@@ -90,24 +93,22 @@ class Predictor:
         ]
         here = sorted(set(range(len(uploads))) - set(there))
         _, retry = await _all_or_none(
-            self._decode_here(uploads, here, probs, errors, many), self._decode_there(uploads, there, probs)
+            self._decode_here(uploads, here, outputs, errors, many), self._decode_there(uploads, there, outputs)
         )
         if retry:  # decode them here after all: Pillow either manages or names the problem
-            await self._decode_here(uploads, retry, probs, errors, many)
+            await self._decode_here(uploads, retry, outputs, errors, many)
         if errors:
             raise errors[min(errors)]  # the first bad image in the order sent
-        if np.isnan(probs).any():
-            raise RuntimeError("the model returned NaN probabilities")  # a bug: answered 500 and logged
+        if np.isnan(outputs).any():
+            raise RuntimeError("the model returned NaN")  # a bug: answered 500 and logged
         k = top_k or default_top_k(contract.num_classes)
-        results = [to_prediction(p, contract.class_names, k, u.filename) for p, u in zip(probs, uploads, strict=True)]
-        m = metrics()
-        for result in results:
-            m.predictions.labels(result.label).inc()
-            m.confidence.observe(result.probability)
+        unknown = self.settings.unknown
+        results = [to_prediction(p, contract, k, u.filename, unknown) for p, u in zip(outputs, uploads, strict=True)]
+        self.monitor.observe(results)
         return results
 
     async def _decode_here(
-        self, uploads: list[Upload], indices: list[int], probs: np.ndarray, errors: dict[int, ApiError], many: bool
+        self, uploads: list[Upload], indices: list[int], outputs: np.ndarray, errors: dict[int, ApiError], many: bool
     ) -> None:
         """Decode ``indices`` in this process, then one model call for them, unless an image is bad."""
         if not indices:
@@ -121,19 +122,19 @@ class Predictor:
             elif isinstance(outcome, BaseException):
                 raise outcome
         if not errors:  # the request fails anyway: spare the model
-            probs[indices] = await self._call(self.infer, np.stack(prepared))
+            outputs[indices] = await self._call(self.infer, np.stack(prepared))
 
-    async def _decode_there(self, uploads: list[Upload], indices: list[int], probs: np.ndarray) -> list[int]:
+    async def _decode_there(self, uploads: list[Upload], indices: list[int], outputs: np.ndarray) -> list[int]:
         """Send ``indices`` undecoded to the model service; the indices it could not decode."""
         if not indices:
             return []
         results: list[JpegResult] = await self._call(self.infer_jpeg, [uploads[i].data for i in indices])
         failed = []
         for i, result in zip(indices, results, strict=True):
-            if result.probabilities is None:
+            if result.scores is None:
                 failed.append(i)
             else:
-                probs[i] = result.probabilities
+                outputs[i] = result.scores
         return failed
 
     async def _prepare(self, upload: Upload, index: int | None) -> np.ndarray:

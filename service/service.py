@@ -37,7 +37,7 @@ from service.metrics import metrics
 from service.predictor import Predictor
 from service.settings import ServiceSettings, SettingsError
 from service.shutdown import on_sigterm
-from service.startup import decide, pin
+from service.startup import decide, ood_caveat, pin
 
 logger = logging.getLogger("service")
 FRONT = "image_classifier"  # the public service's name
@@ -74,6 +74,8 @@ class ModelRunner:
         except (ContractError, EngineError, ValueError, ImportError) as exc:  # ImportError: a package not installed
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        if caveat := ood_caveat(serving.model):
+            logger.warning(caveat)
         # The version ("name:latest" -> "name:abc123"), device and engine, for every worker this server starts.
         pin(serving)
         if "BENTOML_NO_UDS" in os.environ:
@@ -115,7 +117,7 @@ class ModelRunner:
         batchable=True, batch_dim=0, max_batch_size=_BATCHING.max_batch_size, max_latency_ms=_BATCHING.max_latency_ms
     )
     def infer(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, 3, S, S] -> probabilities [N, C]."""
+        """uint8 [N, 3, S, S] -> the graph's output [N, contract.output_width] (probabilities, OOD score)."""
         return self._timed(lambda: self.engine.predict(images), len(images))
 
     @bentoml.api(
@@ -123,7 +125,7 @@ class ModelRunner:
     )
     def infer_jpeg(self, images: list[bytes]) -> list[JpegResult]:
         """Plain JPEG bytes (see jpeg_batch.batch_decodable), decoded as one batch on the model's device -> one
-        result per image: its probabilities, or why it could not be decoded."""
+        result per image: its scores, or why it could not be decoded."""
         return self._timed(lambda: classify_jpegs(images, self.contract, self.device, self.engine.predict), len(images))
 
     def _timed(self, run: Callable[[], T], images: int) -> T:
@@ -199,6 +201,8 @@ class ImageClassifier:
             engine=self.engine,
             training_metrics=self.model.metadata.get("test_metrics", {}),
             calibration=self.model.metadata.get("calibration", {}),
+            ood=self.model.metadata.get("ood", {}),
+            unknown=s.unknown,
             batching=Batching(max_batch_size=_BATCHING.max_batch_size, max_latency_ms=_BATCHING.max_latency_ms),
             limits=Limits(max_body_bytes=s.max_body_bytes, max_pixels=s.max_pixels, max_images=s.max_images),
         )

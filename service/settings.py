@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from classifier.contract import DEFAULT_MODEL_NAME
 from classifier.engines import ENGINES
 from classifier.imaging import DEFAULT_MAX_PIXELS
+from service.http.schemas import UnknownPolicy
 
 ENV_PREFIX = "CLASSIFIER_"
 _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("environ", default=None)
@@ -79,6 +80,14 @@ class ServiceSettings(BaseSettings):
         ge=1,
         le=60_000,
         description="longest wait for admission before a 503 (at most 60 s: requests time out after 120 s)",
+    )
+    unknown: UnknownPolicy = Field(
+        "flag",
+        description="images whose OOD score is above the model's threshold: flag (label kept, known=false), "
+        'abstain (label "unknown", top_k kept) or off (no known flag)',
+    )
+    drift_window: int = Field(
+        1000, ge=10, le=1_000_000, description="answers over which the class-share drift (PSI) is computed"
     )
     graceful_timeout_s: float = Field(
         60,

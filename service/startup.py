@@ -15,6 +15,7 @@ import torch
 from classifier.device import pick_device
 from classifier.engines import choose_engine
 from classifier.store import ModelDescription, describe_model
+from service.postprocessing import UNKNOWN_LABEL
 from service.settings import ENV_PREFIX, ServiceSettings
 
 
@@ -29,8 +30,24 @@ def decide(settings: ServiceSettings) -> Serving:
     """Resolve the model tag, device and engine the settings ask for; ContractError, EngineError or
     ValueError (a missing CUDA device) with a one-line message when they cannot be served."""
     model = describe_model(settings.model_tag)
+    if settings.unknown == "abstain" and UNKNOWN_LABEL in model.contract.class_names:
+        raise ValueError(
+            f"{ENV_PREFIX}UNKNOWN=abstain answers {UNKNOWN_LABEL!r}, but model {model.tag} has a class of that "
+            f"name; use {ENV_PREFIX}UNKNOWN=flag"
+        )
     device = pick_device(settings.device)
     return Serving(model, device, choose_engine(settings.engine, device, model.engines))
+
+
+def ood_caveat(model: ModelDescription) -> str | None:
+    """A warning to log when the model has no OOD score (saved before OOD detection)."""
+    if model.contract.ood is not None:
+        return None
+    return (
+        f"model {model.tag} was saved without an out-of-distribution score: its answers carry no ood_score and "
+        "known is null, and images of things it never saw get a class like any other; retrain it with this "
+        "version to get them"
+    )
 
 
 def pin(serving: Serving) -> None:

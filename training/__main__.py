@@ -30,6 +30,13 @@ def _summary(result: RunResult) -> str:
             f"calibration  temperature {c['temperature']:.3f}: test ECE {c['test_ece_before']:.3f} -> "
             f"{c['test_ece_after']:.3f} ({c['fitted_on']})"
         )
+    if o := result.ood:
+        text = f"threshold {o['threshold']:.3f} flags {o['val_flagged']:.1%} of validation"
+        text += f", {o['test_flagged']:.1%} of test images"
+        if other := o.get("ood_data"):
+            text += f"; --ood-data: {other['flagged']:.1%} of {other['images']} flagged"
+            text += f", AUROC {other['auroc']['mahalanobis']:.3f}"
+        lines.append(f"ood score    {text}")
     lines += _engine_lines(result.engines)
     cache = ", ".join(f"{split} {'hit' if hit else 'miss'}" for split, hit in result.cache_hits.items())
     lines += [

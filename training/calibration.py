@@ -7,10 +7,13 @@ every engine serves calibrated probabilities. Pure functions on CPU tensors; no 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch.nn import functional as F
+
+logger = logging.getLogger(__name__)
 
 MIN_IMAGES = 20  # fewer validation images than this fit T to noise: keep T = 1 and say so
 BOUNDS = (0.05, 20.0)  # T outside these means the split is separable or degenerate, not miscalibrated
@@ -89,3 +92,15 @@ def calibrate(
 
 def _nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float(F.nll_loss(probs.double().clamp_min(1e-12).log(), labels)) if len(labels) else 0.0
+
+
+def log_calibration(calibration: dict[str, Any]) -> None:
+    logger.info(
+        "calibration: temperature %.3f (%s); test ECE %.3f -> %.3f, NLL %.3f -> %.3f",
+        calibration["temperature"],
+        calibration["fitted_on"],
+        calibration["test_ece_before"],
+        calibration["test_ece_after"],
+        calibration["test_nll_before"],
+        calibration["test_nll_after"],
+    )

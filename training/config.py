@@ -115,6 +115,15 @@ class TrainConfig:
         nargs="+",
         choices=lambda: (*exportable_engines(), NO_EXPORT),
     )
+    ood_data: Path | None = option(
+        None,
+        "folder of images of other things (any layout): report the share flagged unknown and the AUROC, and plot "
+        "their OOD scores beside the test split's",
+        type=Path,
+    )
+    ood_accept: float = option(
+        0.95, "share of the validation split accepted as known: sets the OOD threshold", type=FRACTION
+    )
     calibration_images: int = option(128, "training images that calibrate the INT8 quantization", type=COUNT)
 
     @property

@@ -100,6 +100,18 @@ def load_splits(root: Path, *, val_ratio: float, test_ratio: float, seed: int, w
     return splits
 
 
+def find_images(root: Path, workers: int | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every decodable image under ``root`` (any layout, sub-folders included) and the skipped files with why.
+    Raises TrainingError when ``root`` is not a folder or holds no image."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise TrainingError(f"{root} is not a folder; pass a folder of images")
+    scanned, skipped = _scan(root.name, {"": root}, ("",), workers)
+    if not scanned:
+        raise TrainingError(f"{root} holds no image that can be decoded ({len(skipped)} files skipped)")
+    return [path for path, _, _ in scanned], skipped
+
+
 def _discover(root: Path) -> tuple[str, dict[str, dict[str, Path]]]:
     val_dir = next((root / d for d in VALIDATION_DIRS if (root / d).is_dir()), None)
     if (root / "train").is_dir() and val_dir is not None:

@@ -25,6 +25,7 @@ from training.data import TRAINING_MAX_PIXELS
 logger = logging.getLogger(__name__)
 
 BATCH = 16
+SAME_SCALE = 0.01  # an engine whose OOD scores are within 1% of PyTorch's keeps them as they are (fp32 graphs)
 
 
 def export_engines(
@@ -45,32 +46,70 @@ def export_engines(
 
 
 def compare_engines(
-    engines: dict[str, Engine], torch_probs: np.ndarray, images: np.ndarray, labels: np.ndarray
+    engines: dict[str, Engine],
+    reference: np.ndarray,
+    images: np.ndarray,
+    labels: np.ndarray,
+    contract: ModelContract,
 ) -> dict[str, Any]:
-    """Accuracy and top-1 agreement of each engine against PyTorch on the same images; for engines that build
-    on another (e.g. INT8 on fp32), agreement with it and the speed-up over it.
+    """Accuracy and top-1 agreement of each engine against PyTorch on the same images, and how far its
+    probabilities and OOD scores (on PyTorch's scale: contract.ood.score_scales) are from PyTorch's; for engines
+    that build on another (e.g. INT8 on fp32), agreement with it and the speed-up over it.
 
-    ``torch_probs`` are the PyTorch network's probabilities for ``images`` (uint8 [N, 3, S, S]).
+    ``reference`` is the PyTorch serving network's output for ``images`` (uint8 [N, 3, S, S]):
+    [N, contract.output_width], probabilities then the OOD score.
     """
-    report: dict[str, Any] = {"images": len(images), "torch_accuracy": _accuracy(torch_probs, labels)}
-    probs = {name: predict_in_batches(engine, images) for name, engine in engines.items()}
-    for name, p in probs.items():
+    classes = contract.num_classes
+    report: dict[str, Any] = {"images": len(images), "torch_accuracy": _accuracy(reference[:, :classes], labels)}
+    outputs = {name: predict_in_batches(engine, images) for name, engine in engines.items()}
+    for name, out in outputs.items():
+        out[:, classes:] *= contract.ood.scale_for(name) if contract.ood else 1.0
+    for name, out in outputs.items():
+        probs = out[:, :classes]
         entry = {
-            "accuracy": _accuracy(p, labels),
-            "top1_agreement_with_torch": _agreement(p, torch_probs),
-            "max_abs_probability_diff": float(np.abs(p - torch_probs).max()) if len(images) else 0.0,
+            "accuracy": _accuracy(probs, labels),
+            "top1_agreement_with_torch": _agreement(probs, reference[:, :classes]),
+            "max_abs_probability_diff": float(np.abs(probs - reference[:, :classes]).max()) if len(images) else 0.0,
+            **(_ood_agreement(out[:, classes], reference[:, classes], contract.ood.threshold) if contract.ood else {}),
         }
         for base in ENGINES[name].requires:
-            if base in probs:
-                entry["accuracy_change"] = entry["accuracy"] - _accuracy(probs[base], labels)
-                entry["top1_agreement_with_fp32"] = _agreement(p, probs[base])
+            if base in outputs:
+                entry["accuracy_change"] = entry["accuracy"] - _accuracy(outputs[base][:, :classes], labels)
+                entry["top1_agreement_with_fp32"] = _agreement(probs, outputs[base][:, :classes])
                 entry["speedup_vs_fp32"] = _speedup(engines[name], engines[base], images)
         report[name] = entry
     return report
 
 
+def ood_scales(engines: dict[str, Engine], val_images: np.ndarray, contract: ModelContract) -> dict[str, float]:
+    """Per engine, the factor that puts its OOD scores on PyTorch's scale: the contract's threshold (PyTorch's
+    ``accept_rate`` quantile of the validation scores) over the same quantile of the engine's validation scores."""
+    if contract.ood is None or not len(val_images):
+        return {}
+    scales = {}
+    for name, engine in engines.items():
+        quantile = float(np.quantile(predict_in_batches(engine, val_images)[:, -1], contract.ood.accept_rate))
+        scale = contract.ood.threshold / quantile if quantile > 0 else 1.0
+        if abs(scale - 1.0) > SAME_SCALE:
+            scales[name] = scale
+    return scales
+
+
+def _ood_agreement(scores: np.ndarray, reference: np.ndarray, threshold: float) -> dict[str, float]:
+    """How an engine's OOD scores compare with PyTorch's: the largest and median relative difference, and the
+    share of images on the same side of the threshold."""
+    if not len(scores):
+        return {}
+    relative = np.abs(scores - reference) / np.maximum(np.abs(reference), 1e-6)
+    return {
+        "max_rel_ood_score_diff": float(relative.max()),
+        "median_rel_ood_score_diff": float(np.median(relative)),
+        "known_agreement_with_torch": float(((scores <= threshold) == (reference <= threshold)).mean()),
+    }
+
+
 def predict_in_batches(engine: Engine, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
-    """``engine.predict`` over ``images`` (uint8 [N, 3, S, S]) in batches: probabilities [N, C]."""
+    """``engine.predict`` over ``images`` (uint8 [N, 3, S, S]) in batches: its outputs [N, output width]."""
     outputs = [engine.predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
@@ -115,15 +154,20 @@ def build_and_compare(
     *,
     names: tuple[str, ...],
     calibration: list[Path],
+    val: list[Path],
     test: list[Path],
-    test_probs: np.ndarray,
+    reference: np.ndarray,
     test_labels: np.ndarray,
-) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Export ``names``, then compare the engines with PyTorch's ``test_probs`` on the ``test`` images.
-    Returns {engine name: file} and the comparison."""
+) -> tuple[dict[str, Path], dict[str, Any], ModelContract]:
+    """Export ``names``, put each engine's OOD scores on PyTorch's scale (from the ``val`` images), then compare
+    the engines with PyTorch's ``reference`` outputs on the ``test`` images. Returns {engine name: file}, the
+    comparison and the contract with the engines' score scales."""
     files = export_engines(network, contract, workdir, names, calibration)
     engines = {name: ENGINES[name].load(path, contract, torch.get_num_threads()) for name, path in files.items()}
-    report = compare_engines(engines, test_probs, load_images(test, contract), test_labels)
+    if contract.ood is not None:
+        scales = ood_scales(engines, load_images(val, contract), contract)
+        contract = contract.model_copy(update={"ood": contract.ood.model_copy(update={"score_scales": scales})})
+    report = compare_engines(engines, reference, load_images(test, contract), test_labels, contract)
     for name in files:
         if "top1_agreement_with_fp32" in report[name]:
             q = report[name]
@@ -135,4 +179,4 @@ def build_and_compare(
                 q["top1_agreement_with_fp32"],
                 q["speedup_vs_fp32"],
             )
-    return files, report
+    return files, report, contract

@@ -20,10 +20,10 @@ from classifier.network import ClassifierNet
 from classifier.preprocessing import prepare_image
 from classifier.store import save_model
 from training import features as feats
-from training import report
-from training.calibration import calibrate, rescale
+from training import ood, report
+from training.calibration import calibrate, log_calibration, rescale
 from training.config import TrainConfig
-from training.data import TRAINING_MAX_PIXELS, Sample, Splits, load_splits
+from training.data import TRAINING_MAX_PIXELS, Sample, Splits, find_images, load_splits
 from training.datasets import Augmentation, image_loader
 from training.download import fetch_cats_and_dogs, sha256_file
 from training.engine_export import build_and_compare
@@ -51,6 +51,7 @@ class RunResult:
     engines: dict[str, Any] | None = None  # exported engines compared with PyTorch on the test split
     timings: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)  # temperature and test ECE before/after
+    ood: dict[str, Any] = field(default_factory=dict)  # the OOD threshold and how it separates (training/ood.py)
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -92,6 +93,7 @@ def run(cfg: TrainConfig) -> RunResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     backbone_net, weights_id = load_backbone(cfg.backbone, cfg.weights)  # before the data: fail fast offline
+    outside = find_images(cfg.ood_data, cfg.workers)[0] if cfg.ood_data else None  # a bad folder fails here too
     root = (
         cfg.data
         if cfg.data is not None
@@ -151,18 +153,33 @@ def run(cfg: TrainConfig) -> RunResult:
     contract = contract.model_copy(update={"temperature": calibration["temperature"]})
     test = Evaluation(uncalibrated.loss, rescale(uncalibrated.probs, contract.temperature), uncalibrated.labels)
     log_calibration(calibration)
-    payload = {**_report_payload(cfg, splits, contract, metrics, history, hits, timings), "calibration": calibration}
+    clock = time.perf_counter()
+    contract, ood_report, scores = _fit_ood(cfg, model, contract, splits, cached, outside, device)
+    timings["ood_s"] = time.perf_counter() - clock
+    payload = {
+        **_report_payload(cfg, splits, contract, metrics, history, hits, timings),
+        "calibration": calibration,
+        "ood": ood_report,
+    }
     plots = _plots(cfg.output, splits, contract, history, metrics, test)
     plots.append(
         report.plot_reliability(uncalibrated.probs, test.probs, test.labels, cfg.output / report.RELIABILITY_FILE)
     )
+    plots.append(
+        report.plot_ood(scores["test"], scores.get("outside"), ood_report["threshold"], cfg.output / report.OOD_FILE)
+    )
     with tempfile.TemporaryDirectory(prefix="onnx-") as workdir:
-        files, payload["engines"] = _export_engines(cfg, model, contract, splits, test, Path(workdir))
+        reference = torch.cat([test.probs, scores["test"][:, None]], dim=1)  # what every engine must reproduce
+        files, payload["engines"], contract = _export_engines(
+            cfg, model, contract, splits, reference, test.labels, Path(workdir)
+        )
+        payload["contract"] = contract.to_metadata()
         report_path = report.write_json(cfg.output / report.METRICS_FILE, payload)
         metadata = {
             **_model_metadata(cfg, splits, metrics["test"]),
             "engines": payload["engines"],
             "calibration": calibration,
+            "ood": ood_report,
         }
         tag = save_model(cfg.name, model, contract, metadata=metadata, report=payload, engine_files=files)
     return RunResult(
@@ -176,13 +193,23 @@ def run(cfg: TrainConfig) -> RunResult:
         timings=timings,
         engines=payload["engines"],
         calibration=calibration,
+        ood=ood_report,
     )
 
 
-def _export_engines(cfg: TrainConfig, model: ClassifierNet, contract, splits: Splits, test: Evaluation, workdir: Path):
-    """The engine files to store with the model ({engine: path}) and how they compare with PyTorch."""
+def _export_engines(
+    cfg: TrainConfig,
+    model: ClassifierNet,
+    contract: ModelContract,
+    splits: Splits,
+    reference: torch.Tensor,
+    labels: torch.Tensor,
+    workdir: Path,
+) -> tuple[dict[str, Path], dict[str, Any] | None, ModelContract]:
+    """The engine files to store with the model ({engine: path}), how they compare with PyTorch's ``reference``
+    outputs for the test split (probabilities, then the OOD score), and the contract with their OOD score scales."""
     if not cfg.export:
-        return {}, None
+        return {}, None, contract
     calibration = random.Random(cfg.seed).sample(splits.train, min(cfg.calibration_images, len(splits.train)))
     return build_and_compare(
         model,
@@ -190,22 +217,54 @@ def _export_engines(cfg: TrainConfig, model: ClassifierNet, contract, splits: Sp
         workdir,
         names=cfg.export,
         calibration=[s.path for s in calibration],
+        val=[s.path for s in splits.val],
         test=[s.path for s in splits.test],
-        test_probs=test.probs.numpy(),
-        test_labels=test.labels.numpy(),
+        reference=reference.numpy(),
+        test_labels=labels.numpy(),
     )
 
 
-def log_calibration(calibration: dict[str, Any]) -> None:
-    logger.info(
-        "calibration: temperature %.3f (%s); test ECE %.3f -> %.3f, NLL %.3f -> %.3f",
-        calibration["temperature"],
-        calibration["fitted_on"],
-        calibration["test_ece_before"],
-        calibration["test_ece_after"],
-        calibration["test_nll_before"],
-        calibration["test_nll_after"],
+def _fit_ood(
+    cfg: TrainConfig,
+    model: ClassifierNet,
+    contract: ModelContract,
+    splits: Splits,
+    cached: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    outside: list[Path] | None,
+    device: torch.device,
+) -> tuple[ModelContract, dict[str, Any], dict[str, torch.Tensor]]:
+    """Fit the OOD score on the training features and attach it to ``model`` (moved to the CPU); return the contract
+    with its threshold, the report, and the scores of the test split and the --ood-data images (CPU tensors)."""
+    if cfg.fine_tune_epochs > 0:  # the backbone changed: the cached features are stale
+        features = {
+            split: feats.forward_all(
+                model.backbone, _loader(cfg, getattr(splits, split), contract, device), device, split
+            )
+            for split in ("train", "val", "test")
+        }
+    else:
+        views, labels = cached["train"]  # [V, N, D]: every augmented view counts as a training image
+        features = {**cached, "train": (views.reshape(-1, views.shape[-1]), labels.repeat(len(views)))}
+    outside_features = None
+    if outside:
+        loader = _loader(cfg, [Sample(path, 0) for path in outside], contract, device)
+        outside_features = feats.forward_all(model.backbone, loader, device, "features --ood-data")[0]
+    model.to("cpu")
+    module, ood_contract, fit_report = ood.fit(
+        features["train"], features["val"][0], contract.num_classes, cfg.ood_accept
     )
+    model.ood = module
+    with torch.inference_mode():
+        scores = {"test": module(features["test"][0])}
+    fit_report["test_flagged"] = float((scores["test"] > ood_contract.threshold).double().mean())
+    if outside_features is not None:
+        fit_report["ood_data"] = ood.separation(
+            module, model.head, ood_contract.threshold, features["test"][0], outside_features
+        )
+        with torch.inference_mode():
+            scores["outside"] = module(outside_features)
+    ood.log_fit(fit_report, val_images=len(features["val"][1]))
+    return contract.model_copy(update={"ood": ood_contract}), fit_report, scores
 
 
 def log_splits(splits: Splits) -> None:

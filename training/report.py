@@ -18,6 +18,7 @@ CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 GRID_FILE = "test_predictions.png"
 RELIABILITY_FILE = "reliability.png"
+OOD_FILE = "ood_scores.png"
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
@@ -116,4 +117,26 @@ def plot_reliability(before: torch.Tensor, after: torch.Tensor, labels: torch.Te
     ax.set_title(f"Reliability on the test split ({len(labels)} images)")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_ood(inside: torch.Tensor, outside: torch.Tensor | None, threshold: float, path: Path) -> Path:
+    """Histograms of the OOD score of the test split and (with --ood-data) of the other images, on a log scale,
+    with the threshold above which images are answered as unknown."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    groups = [(inside, f"test split ({len(inside)})")] + (
+        [(outside, f"--ood-data ({len(outside)})")] if outside is not None else []
+    )
+    values = torch.cat([g for g, _ in groups]).double().clamp_min(1e-3)
+    bins = np.geomspace(float(values.min()), max(float(values.max()), threshold) * 1.05, 40).tolist()
+    for scores, name in groups:
+        ax.hist(scores.double().clamp_min(1e-3).numpy(), bins=bins, alpha=0.55, label=name)
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("OOD score, log scale (about 1 for a typical training image)")
+    ax.set_ylabel("images")
+    ax.set_title("Out-of-distribution score: above the threshold an image is 'unknown'")
+    ax.legend()
     return _save(fig, path)

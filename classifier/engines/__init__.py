@@ -7,7 +7,8 @@ lists engines derives from ``ENGINES``: the service's CLASSIFIER_ENGINE values, 
 steps are imported only when used, so reading the registry imports neither torch nor ONNX Runtime.
 
 A new engine is one module (a ``build`` function; ``export`` and ``load`` if it has its own file) plus one
-entry in ``_BUILT_IN``. Every engine takes uint8 images [N, 3, S, S] and returns probabilities [N, C].
+entry in ``_BUILT_IN``. Every engine takes uint8 images [N, 3, S, S] and returns the serving graph's output
+[N, contract.output_width]: probabilities, then the OOD score when the model has one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from classifier.store import ModelDescription
 
 MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 (training's test split) below which serving an engine is warned about
+MIN_KNOWN_AGREEMENT = 0.95  # the same for its known/unknown answers against PyTorch's
 
 
 class EngineError(ValueError):
@@ -163,17 +165,45 @@ def choose_engine(choice: str, device: torch.device, available: tuple[str, ...])
 def make_engine(
     model: ModelDescription, name: str, device: torch.device, *, threads: int, compile_max_batch: int = 0
 ) -> Engine:
-    """Build engine ``name`` (as chosen by choose_engine) for ``model``; EngineError if it will not load."""
-    return ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch))
+    """Build engine ``name`` (as chosen by choose_engine) for ``model``; EngineError if it will not load. Its OOD
+    scores come out on PyTorch's scale (see OodContract.score_scales)."""
+    engine = ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch))
+    ood = model.contract.ood
+    if ood is None or ood.scale_for(name) == 1.0:
+        return engine
+    return RescaledOod(engine, model.contract.num_classes, ood.scale_for(name))
+
+
+class RescaledOod:
+    """An engine whose OOD scores (the column after the ``classes`` probabilities) are multiplied by ``scale``."""
+
+    def __init__(self, engine: Engine, classes: int, scale: float) -> None:
+        self.engine, self.classes, self.scale = engine, classes, scale
+        self.name, self.device = engine.name, engine.device
+
+    def predict(self, batch: Any) -> np.ndarray:
+        out = np.array(self.engine.predict(batch), dtype=np.float32)  # a copy: the engine may own its buffer
+        out[:, self.classes] *= self.scale
+        return out
+
+    def warm_up(self, batch_size: int = 1) -> None:
+        self.engine.warm_up(batch_size)
 
 
 def agreement_caveat(model: ModelDescription, name: str) -> str | None:
-    """A warning to log when training measured this engine's top-1 agreement with fp32 under MIN_AGREEMENT."""
+    """A warning to log when training measured this engine's top-1 agreement with fp32 under MIN_AGREEMENT, or its
+    known/unknown answers' agreement with PyTorch under MIN_KNOWN_AGREEMENT."""
     recorded = (model.metadata.get("engines") or {}).get(name) or {}
+    problems = []
     agreement = recorded.get("top1_agreement_with_fp32")
-    if agreement is None or agreement >= MIN_AGREEMENT:
+    if agreement is not None and agreement < MIN_AGREEMENT:
+        problems.append(
+            f"its top-1 answer agreed with fp32 on only {agreement:.1%} of the test images "
+            f"(accuracy change {recorded.get('accuracy_change', 0):+.3f})"
+        )
+    known = recorded.get("known_agreement_with_torch")
+    if known is not None and known < MIN_KNOWN_AGREEMENT:
+        problems.append(f"its known/unknown answer agreed with PyTorch on only {known:.1%} of the test images")
+    if not problems:
         return None
-    return (
-        f"model {model.tag}: its {name} engine agreed with fp32 on only {agreement:.1%} of the test images "
-        f"(accuracy change {recorded.get('accuracy_change', 0):+.3f}); consider another engine"
-    )
+    return f"model {model.tag}: in the {name} engine, " + "; ".join(problems) + "; consider another engine"

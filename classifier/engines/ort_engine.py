@@ -1,4 +1,4 @@
-"""ONNX Runtime on the CPU, fp32: the graph training exports, uint8 images in, probabilities out.
+"""ONNX Runtime on the CPU, fp32: the graph training exports, uint8 images in, probabilities (and OOD score) out.
 
 The exported graph is the whole serving network (classifier.network.ServingNet): scaling, normalisation
 and softmax run inside it, so this engine only feeds it batches. The same session class serves the INT8
@@ -21,7 +21,7 @@ from classifier.engines import BuildRequest, EngineError, ExportRequest
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
+OUTPUT_NAME = "scores"  # graphs exported before OOD detection named it "probabilities"; either is read
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -58,10 +58,17 @@ class OnnxEngine:
                 f"{path} takes {graph_input.type}, not uint8 images: it was exported by an older version of "
                 "this project, which normalised outside the graph"
             )
+        (graph_output, *_) = self.session.get_outputs()
+        self.output = graph_output.name
+        if isinstance(graph_output.shape[1], int) and graph_output.shape[1] != contract.output_width:
+            raise EngineError(
+                f"{path} outputs {graph_output.shape[1]} columns, but its contract describes {contract.output_width}: "
+                "the graph and the contract come from different training runs"
+            )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [N, 3, S, S] (numpy, or a CPU tensor) -> float32 probabilities [N, C]."""
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+        """uint8 [N, 3, S, S] (numpy, or a CPU tensor) -> float32 [N, contract.output_width]."""
+        return self.session.run([self.output], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.uint8)})[0]
 
     def warm_up(self, batch_size: int = 1) -> None:
         """One inference so the first request does not pay for lazy initialisation."""
@@ -86,8 +93,8 @@ def load(path: Path | str, contract: ModelContract, threads: int) -> OnnxEngine:
 
 
 def export(request: ExportRequest) -> Path:
-    """Write the serving network (uint8 in, probabilities out) as an ONNX graph with a dynamic batch dimension.
-    Moves the network to the CPU in float32 and eval mode, in place (training is over when this runs)."""
+    """Write the serving network (uint8 in, probabilities and OOD score out) as an ONNX graph with a dynamic batch
+    dimension. Moves the network to the CPU in float32 and eval mode, in place (training is over when this runs)."""
     import torch
 
     from classifier.network import ServingNet

@@ -66,8 +66,7 @@ class TorchEngine:
         else:
             dtype = torch.float32
             torch.set_num_threads(threads)
-        network = ServingNet(loaded.network, loaded.contract).to(device).eval()
-        network.network.to(dtype=dtype).to(memory_format=torch.channels_last)  # normalisation stays float32
+        network = ServingNet(loaded.network, loaded.contract).to(device).eval().to_precision(dtype)
         self.buckets = batch_buckets(compile_max_batch) if compile_max_batch else None
         if self.buckets:
             # One compiled graph per bucket: more buckets than Dynamo's recompile limit would fall back to eager.
@@ -76,7 +75,7 @@ class TorchEngine:
 
     @torch.inference_mode()
     def predict(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
-        """uint8 [N, 3, S, S] (numpy, or a tensor already on the device) -> float32 probabilities [N, C]."""
+        """uint8 [N, 3, S, S] (numpy, or a tensor already on the device) -> float32 [N, contract.output_width]."""
         x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
         n = len(x)
         if self.buckets:

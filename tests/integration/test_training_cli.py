@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,7 +60,7 @@ def test_train_save_and_reuse_cache(synthetic, tmp_path):
     splits = load_splits(synthetic, val_ratio=0.2, test_ratio=0.2, seed=0, workers=2)
     batch = torch.stack([prepare_image(s.path.read_bytes(), contract) for s in splits.test])
     with torch.inference_mode():
-        preds = ServingNet(loaded.network, contract)(batch).argmax(1)
+        preds = ServingNet(loaded.network, contract)(batch)[:, : contract.num_classes].argmax(1)
     labels = torch.tensor([s.label for s in splits.test])
     assert float((preds == labels).float().mean()) == pytest.approx(test["accuracy"], abs=1e-4)
 
@@ -124,6 +125,7 @@ def test_fine_tuning_phase(synthetic, tmp_path):
     report = json.loads((out / "metrics.json").read_text())
     assert [row["phase"] for row in report["history"]] == ["head", "head", "fine-tune"]
     assert "after_fine_tune" in report["metrics"] and report["metrics"]["test"]["count"] == 12
+    assert report["ood"]["fitted_on"] == "60 training features"  # recomputed by the fine-tuned backbone
     assert load_model(tag).metadata["training_args"]["fine_tune_epochs"] == 1
 
 
@@ -159,6 +161,12 @@ def test_real_photos_with_traps(tmp_path):
     assert "train   245 images" in result.stderr
 
 
+def _no_images(folder: Path) -> str:
+    folder.mkdir()
+    (folder / "readme.txt").write_text("not an image")
+    return str(folder)
+
+
 @pytest.mark.parametrize(
     "make_args, message",
     [
@@ -169,8 +177,16 @@ def test_real_photos_with_traps(tmp_path):
             lambda p: ["--dataset-url", "http://127.0.0.1:9/cats_and_dogs_filtered.zip", "--cache-dir", str(p)],
             "could not download the default dataset",
         ),
+        (
+            lambda p: ["--data", str(make_dataset(p / "d", per_class=5)), "--ood-data", str(p / "nowhere")],
+            "nowhere is not a folder",
+        ),
+        (
+            lambda p: ["--data", str(make_dataset(p / "d", per_class=5)), "--ood-data", _no_images(p / "notes")],
+            "holds no image",
+        ),
     ],
-    ids=["missing", "empty", "one-class", "download-failure"],
+    ids=["missing", "empty", "one-class", "download-failure", "ood-data-missing", "ood-data-without-images"],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, make_args, message):
     result = train(*make_args(tmp_path), "--weights", "none", timeout=120)

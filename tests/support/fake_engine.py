@@ -21,9 +21,11 @@ class ConstantEngine:
         self.answer = int(Path(path).read_text())
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        probs = np.zeros((len(batch), self.contract.num_classes), np.float32)
-        probs[:, self.answer] = 1.0
-        return probs
+        """Probability 1 for the answer; an OOD score of 1 when the model has one."""
+        out = np.zeros((len(batch), self.contract.output_width), np.float32)
+        out[:, self.answer] = 1.0
+        out[:, self.contract.num_classes :] = 1.0
+        return out
 
     def warm_up(self, batch_size: int = 1) -> None:
         self.predict(np.zeros((batch_size, 3, 1, 1), np.uint8))

@@ -49,3 +49,12 @@ def make_dataset(
             for i in range(count):
                 make_image(label, rng, size).save(folder / f"{name}.{i}.jpg", quality=90)
     return root
+
+
+def make_others(root: Path, *, count: int = 40, seed: int = 1, size: int = 96) -> Path:
+    """Write ``count`` JPEGs of a kind no two-class dataset above holds (the third style) into ``root``."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        make_image(2, rng, size).save(root / f"other.{i}.jpg", quality=90)
+    return root

@@ -103,3 +103,15 @@ def test_int8_caveat_only_below_the_agreement_threshold(contract):
     caveat = agreement_caveat(low, "onnx-int8")
     assert "onnx-int8" in caveat and "90.0%" in caveat and "-0.050" in caveat
     assert agreement_caveat(low, "onnx") is None  # only the engine that disagreed
+
+
+def test_caveat_when_an_engine_answers_known_differently(contract):
+    from classifier.store import ModelDescription
+
+    def model(entry):
+        return ModelDescription("m:1", contract, {"engines": {"onnx-int8": entry}}, "w", {})
+
+    fine = {"top1_agreement_with_fp32": 1.0, "known_agreement_with_torch": 0.97}
+    assert agreement_caveat(model(fine), "onnx-int8") is None
+    caveat = agreement_caveat(model({**fine, "known_agreement_with_torch": 0.935}), "onnx-int8")
+    assert "known/unknown answer agreed with PyTorch on only 93.5%" in caveat and "top-1" not in caveat

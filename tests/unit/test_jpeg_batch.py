@@ -62,6 +62,6 @@ def test_each_image_gets_its_probabilities_or_its_error(contract):
 
     results = classify_jpegs([good, good[: len(good) // 3], good], contract, CPU, predict)
     assert seen == [3]  # one model call for the batch
-    assert [r.probabilities for r in results] == [[0.25, 0.75], None, [0.25, 0.75]]
+    assert [r.scores for r in results] == [[0.25, 0.75], None, [0.25, 0.75]]
     assert results[1].error and results[0].error is None
     assert JpegResult.model_validate(results[1].model_dump()) == results[1]  # what crosses to the front

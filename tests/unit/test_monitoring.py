@@ -28,7 +28,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def test_rules_are_valid():
     result = promtool("check", "rules", "rules.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 13 rules found" in result.stdout
+    assert "SUCCESS: 17 rules found" in result.stdout
 
 
 @needs_promtool
@@ -38,18 +38,27 @@ def test_rules_unit_tests_pass():
 
 
 @needs_promtool
-def test_rules_unit_tests_can_fail(tmp_path):
-    """The promtool tests are real: with the error-rate threshold raised they fail."""
+@pytest.mark.parametrize(
+    ("rule", "loosened", "alert"),
+    [
+        ("image_classifier:error_ratio:rate5m > 0.01", "image_classifier:error_ratio:rate5m > 0.5", "HighErrorRate"),
+        ("image_classifier:drift_psi:max > 0.25", "image_classifier:drift_psi:max > 5", "ClassDrift"),
+        (
+            "image_classifier:unknown_ratio:rate15m > 0.2",
+            "image_classifier:unknown_ratio:rate15m > 0.6",
+            "UnknownRising",
+        ),
+    ],
+)
+def test_rules_unit_tests_can_fail(tmp_path, rule, loosened, alert):
+    """The promtool tests are real: with an alert's threshold loosened they fail."""
     shutil.copy(RULES.parent / "rules_test.yml", tmp_path)
-    (tmp_path / "rules.yml").write_text(
-        RULES.read_text().replace(
-            "image_classifier:error_ratio:rate5m > 0.01", "image_classifier:error_ratio:rate5m > 0.5"
-        )
-    )
+    assert rule in RULES.read_text()
+    (tmp_path / "rules.yml").write_text(RULES.read_text().replace(rule, loosened))
     result = subprocess.run(
         ["promtool", "test", "rules", "rules_test.yml"], cwd=tmp_path, capture_output=True, text=True
     )
-    assert result.returncode != 0 and "ImageClassifierHighErrorRate" in result.stdout + result.stderr
+    assert result.returncode != 0 and f"ImageClassifier{alert}" in result.stdout + result.stderr
 
 
 @needs_promtool
@@ -78,6 +87,8 @@ def test_alerts_cover_the_failure_modes():
         "ImageClassifierNotReady",
         "ImageClassifierSheddingLoad",
         "ImageClassifierBatchingCollapsed",
+        "ImageClassifierClassDrift",
+        "ImageClassifierUnknownRising",
     }
     for rule in alerts.values():
         assert rule["labels"]["severity"] in {"page", "ticket"} and rule["annotations"]["summary"]
@@ -95,6 +106,9 @@ def test_dashboard_is_importable_and_shows_what_operators_need():
         "Rejected inputs by reason",
         "Predictions by class",
         "Top-1 confidence",
+        "Unknown answers and class drift",
+        "OOD score",
+        "Predicted class shares vs training",
     } <= titles
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))

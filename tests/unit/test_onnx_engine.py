@@ -1,4 +1,5 @@
-"""The ONNX Runtime engines against PyTorch, on a small network exported once for the module."""
+"""The ONNX Runtime engines against PyTorch, on a small network (with a fitted OOD score) exported once for the
+module."""
 
 import numpy as np
 import pytest
@@ -8,14 +9,15 @@ from classifier.engines import ENGINES, EngineError, ExportRequest
 from classifier.engines.ort_engine import OnnxEngine
 from classifier.engines.ort_int8 import nodes_outside_the_convolutions
 from classifier.engines.torch_engine import TorchEngine
-from classifier.network import build_classifier
+from classifier.network import Normalize, build_classifier
 from classifier.store import LoadedModel
-from training.engine_export import compare_engines
+from training.engine_export import compare_engines, ood_scales
+from training.ood import fit_mahalanobis, threshold_at
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from classifier.contract import ModelContract
+    from classifier.contract import ModelContract, OodContract
 
     contract = ModelContract(
         class_names=("a", "b", "c"),
@@ -29,6 +31,13 @@ def exported(tmp_path_factory):
     )
     torch.manual_seed(0)
     network = build_classifier(contract.backbone, contract.num_classes, contract.dropout).eval()
+    with torch.no_grad():
+        features = network.backbone(Normalize.from_contract(contract)(torch.from_numpy(_images(30, seed=2))))
+        network.ood, _ = fit_mahalanobis(features, torch.arange(30) % 3, 3)
+        threshold = threshold_at(network.ood(features), 0.95)
+    contract = contract.model_copy(
+        update={"ood": OodContract(dims=network.ood.dims, threshold=threshold, accept_rate=0.95)}
+    )
     folder = tmp_path_factory.mktemp("onnx")
     calibration = np.random.default_rng(0).integers(0, 255, (20, 3, 64, 64), dtype=np.uint8)
     fp32 = ENGINES["onnx"].export(ExportRequest(network, contract, folder, calibration, {}))
@@ -46,9 +55,10 @@ def test_onnx_fp32_gives_pytorch_predictions(exported):
     engine = OnnxEngine(str(fp32), contract, threads=1)
     for n in (1, 5):  # the batch dimension is dynamic
         images = _images(n)
-        probs = engine.predict(images)
-        assert probs.shape == (n, 3) and probs.dtype == np.float32
-        assert np.allclose(probs, reference.predict(images), atol=1e-4)
+        out, expected = engine.predict(images), reference.predict(images)
+        assert out.shape == (n, 4) and out.dtype == np.float32  # 3 probabilities, then the OOD score
+        assert np.allclose(out[:, :3], expected[:, :3], atol=1e-4)
+        assert np.allclose(out[:, 3], expected[:, 3], rtol=1e-3) and (out[:, 3] > 0).all()
     assert (engine.name, engine.device) == ("onnx", "cpu")
     engine.warm_up(2)
 
@@ -59,9 +69,10 @@ def test_int8_is_quantized_and_close_to_fp32(exported):
     images = _images(16)
     full = OnnxEngine(str(fp32), contract, threads=1)
     quantized = OnnxEngine(str(int8), contract, threads=1, name="onnx-int8")
-    assert np.allclose(quantized.predict(images).sum(1), 1.0, atol=1e-5)
+    assert np.allclose(quantized.predict(images)[:, :3].sum(1), 1.0, atol=1e-5)
     # The log-probabilities follow fp32's closely (a broken quantization gives unrelated or constant ones).
-    q, f = np.log(quantized.predict(images) + 1e-12).ravel(), np.log(full.predict(images) + 1e-12).ravel()
+    q = np.log(quantized.predict(images)[:, :3] + 1e-12).ravel()
+    f = np.log(full.predict(images)[:, :3] + 1e-12).ravel()
     assert np.corrcoef(q, f)[0, 1] > 0.95
 
 
@@ -69,7 +80,7 @@ def test_engine_comparison_report(exported):
     contract, network, fp32, int8 = exported
     images = _images(8)
     reference = TorchEngine(LoadedModel("t:1", contract, network, {}), torch.device("cpu"), threads=1).predict(images)
-    labels = reference.argmax(1)
+    labels = reference[:, :3].argmax(1)
     report = compare_engines(
         {
             "onnx": OnnxEngine(str(fp32), contract, threads=1),
@@ -78,12 +89,29 @@ def test_engine_comparison_report(exported):
         reference,
         images,
         labels,
+        contract,
     )
     assert report["images"] == 8 and report["torch_accuracy"] == 1.0
-    assert report["onnx"]["accuracy"] == 1.0 and report["onnx"]["top1_agreement_with_torch"] == 1.0
+    fp32_entry = report["onnx"]
+    assert fp32_entry["accuracy"] == 1.0 and fp32_entry["top1_agreement_with_torch"] == 1.0
+    assert fp32_entry["max_rel_ood_score_diff"] < 1e-3 and fp32_entry["known_agreement_with_torch"] == 1.0
     q = report["onnx-int8"]
     assert q["accuracy_change"] == pytest.approx(q["accuracy"] - 1.0)
     assert 0 <= q["top1_agreement_with_fp32"] <= 1 and q["speedup_vs_fp32"] > 0
+    assert 0 <= q["median_rel_ood_score_diff"] <= q["max_rel_ood_score_diff"]
+
+
+def test_ood_scales_put_each_engine_on_pytorchs_scale(exported):
+    """The scale maps the engine's accept-rate quantile of validation scores onto the contract's threshold; an
+    engine already on PyTorch's scale (fp32) gets none."""
+    contract, _, fp32, _ = exported
+    engine = OnnxEngine(str(fp32), contract, threads=1)
+    val = _images(30, seed=2)  # the images the threshold was set on
+    assert ood_scales({"onnx": engine}, val, contract) == {}
+    doubled = contract.model_copy(
+        update={"ood": contract.ood.model_copy(update={"threshold": 2 * contract.ood.threshold})}
+    )
+    assert ood_scales({"onnx": engine}, val, doubled) == {"onnx": pytest.approx(2.0, rel=1e-3)}
 
 
 def test_a_corrupt_or_foreign_graph_is_refused(exported, tmp_path):
@@ -106,8 +134,8 @@ def test_the_graph_takes_uint8_and_returns_probabilities(exported):
     for path in (fp32, int8):
         graph = onnx.load(str(path), load_external_data=False).graph
         assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-        assert [o.name for o in graph.output] == ["probabilities"]
-        assert graph.node[-1].op_type == "Softmax"
+        assert [o.name for o in graph.output] == ["scores"]
+        assert graph.node[-1].op_type == "Concat"  # the probabilities, then the OOD score
 
 
 def test_only_the_convolutions_are_quantized(exported):
@@ -117,15 +145,14 @@ def test_only_the_convolutions_are_quantized(exported):
     _, _, fp32, int8 = exported
     nodes = onnx.load(str(fp32), load_external_data=False).graph.node
     outside = set(nodes_outside_the_convolutions(fp32))
-    ops = [n.op_type for n in nodes]
-    assert ops[-1] == "Softmax" and "Gemm" in ops[-3:]
-    assert {"Cast", "Mul", "Sub", "Gemm", "Softmax"} <= {n.op_type for n in nodes if n.name in outside}
+    assert {"Cast", "Mul", "Sub", "Gemm", "Softmax", "MatMul"} <= {n.op_type for n in nodes if n.name in outside}
     assert not {n.op_type for n in nodes if n.name in outside} & {"Conv"}
     quantized = onnx.load(str(int8), load_external_data=False).graph.node
     dequantized = {out for n in quantized if n.op_type == "DequantizeLinear" for out in n.output}
-    for op in ("Gemm", "Mul", "Sub"):  # the head and the normalisation read fp32 activations and weights
-        (node,) = [n for n in quantized if n.op_type == op]
-        assert not dequantized & set(node.input), op
+    # The normalisation, the head and the OOD score read fp32 activations and weights.
+    for op in ("Gemm", "Mul", "Sub", "MatMul", "Softmax"):
+        nodes_of = [n for n in quantized if n.op_type == op]
+        assert nodes_of and not any(dequantized & set(n.input) for n in nodes_of), op
     convs = [n for n in quantized if n.op_type == "Conv"]
     assert all(n.input[1] in dequantized for n in convs)  # every convolution has int8 weights
     assert convs[0].input[0] in dequantized  # the first one reads the normalised image, quantized once

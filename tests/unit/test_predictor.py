@@ -33,9 +33,7 @@ class FakeModel:
 
     async def infer_jpeg(self, datas: list[bytes]) -> list[JpegResult]:
         self.calls.append(("infer_jpeg", len(datas)))
-        return [
-            JpegResult(error="corrupt") if d in self.fail_jpegs else JpegResult(probabilities=[0.9, 0.1]) for d in datas
-        ]
+        return [JpegResult(error="corrupt") if d in self.fail_jpegs else JpegResult(scores=[0.9, 0.1]) for d in datas]
 
 
 def classify(contract, uploads, fake, *, engine_decodes=True, many=True):

@@ -49,3 +49,21 @@ def test_a_new_engine_needs_only_a_module_and_a_registry_entry(fake_engine, cont
 def test_an_unknown_engine_is_refused_in_one_line():
     with pytest.raises(SettingsError, match="CLASSIFIER_ENGINE='fake': choose auto or one of: torch, onnx, onnx-int8"):
         ServiceSettings.from_env({"CLASSIFIER_ENGINE": "fake"})
+
+
+def test_an_engine_on_another_ood_scale_is_put_on_pytorchs(fake_engine, contract, tmp_path):
+    """make_engine applies the contract's score scale for the engine: the service sees one scale whatever serves."""
+    from classifier.contract import OodContract
+
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout, ood_dims=8)
+    ood = OodContract(dims=8, threshold=1.5, accept_rate=0.95, score_scales={"fake": 2.5})
+    scaled = contract.model_copy(update={"ood": ood})
+    exported = FAKE.export(ExportRequest(network, scaled, tmp_path, np.zeros((0, 3, 64, 64), np.uint8), {}))
+    model = describe_model(
+        save_model("fake-scale-test", network, scaled, metadata={}, report={}, engine_files={"fake": exported})
+    )
+    engine = make_engine(model, "fake", torch.device("cpu"), threads=1)
+    out = engine.predict(np.zeros((2, 3, 64, 64), np.uint8))
+    assert out[:, 2].tolist() == [2.5, 2.5] and out[:, :2].tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    assert (engine.name, engine.device) == ("fake", "cpu")
+    assert make_engine(model, "torch", torch.device("cpu"), threads=1).name == "torch"  # no scale: not wrapped

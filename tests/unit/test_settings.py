@@ -37,6 +37,8 @@ def test_environment_overrides():
         ("CLASSIFIER_ENGINE", "tensorrt"),
         ("CLASSIFIER_JPEG_DECODE", "gpu"),
         ("CLASSIFIER_MODEL_WORKERS", "0"),
+        ("CLASSIFIER_UNKNOWN", "ignore"),
+        ("CLASSIFIER_DRIFT_WINDOW", "5"),
     ],
 )
 def test_bad_values_name_the_variable(var, value):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from classifier.network import build_classifier
 from classifier.store import save_model
 from service.settings import ServiceSettings
-from service.startup import decide, pin
+from service.startup import decide, ood_caveat, pin
 
 
 def test_decide_resolves_and_pin_makes_every_worker_read_the_decision(contract, monkeypatch):
@@ -26,3 +27,25 @@ def test_decide_resolves_and_pin_makes_every_worker_read_the_decision(contract, 
     worker = ServiceSettings.from_env()  # what a worker started now reads
     assert (worker.model_tag, worker.device, worker.engine) == (tag, "cpu", "torch")
     assert decide(worker).model.tag == tag  # still the pinned version, not the newer one
+
+
+def test_abstaining_is_refused_for_a_model_with_a_class_named_unknown(contract):
+    named = contract.model_copy(update={"class_names": ("cats", "unknown")})
+    save_model("unknown-class-test", build_classifier(named.backbone, 2, named.dropout), named, metadata={}, report={})
+    settings = {"CLASSIFIER_MODEL_TAG": "unknown-class-test:latest", "CLASSIFIER_DEVICE": "cpu"}
+    assert decide(ServiceSettings.from_env(settings)).engine == "torch"  # flag (the default) is fine
+    with pytest.raises(ValueError, match="CLASSIFIER_UNKNOWN=abstain answers 'unknown', but model .* has a class"):
+        decide(ServiceSettings.from_env({**settings, "CLASSIFIER_UNKNOWN": "abstain"}))
+
+
+def test_a_model_without_an_ood_score_is_served_with_a_warning(contract):
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
+    serving = decide(
+        ServiceSettings.from_env(
+            {
+                "CLASSIFIER_MODEL_TAG": save_model("no-ood-test", network, contract, metadata={}, report={}),
+                "CLASSIFIER_DEVICE": "cpu",
+            }
+        )
+    )
+    assert "saved without an out-of-distribution score" in ood_caveat(serving.model)
