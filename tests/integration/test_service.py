@@ -262,6 +262,11 @@ def test_openapi_page_shows_the_schemas(server):
     schemas = spec["components"]["schemas"]
     assert {"PredictResponse", "BatchPredictResponse", "ErrorResponse", "ModelInfo"} <= set(schemas)
     assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    answer = schemas["Prediction"]["properties"]  # each image's answer, alone or in a batch
+    assert (
+        "Mahalanobis" in answer["ood_score"]["description"] and "CLASSIFIER_UNKNOWN" in answer["known"]["description"]
+    )
+    assert schemas["ModelInfo"]["properties"]["unknown"]["enum"] == ["flag", "abstain", "off"]
 
 
 def test_pickle_is_refused_on_the_public_port(server):
