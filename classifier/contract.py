@@ -39,9 +39,9 @@ class OodContract(BaseModel):
     )
     score_scales: dict[str, float] = Field(
         default_factory=dict,
-        description="per engine whose scores run on another scale than PyTorch's (INT8's quantized features score "
-        "higher): the factor that maps them onto it, the threshold over the same quantile of that engine's "
-        "validation scores; absent engines use 1",
+        description="per engine whose scores run on another scale than PyTorch's in float32 (INT8's quantized "
+        "features score higher; 'torch:bfloat16' and 'torch:float16' are the torch engine on a GPU): the factor "
+        "that maps them onto it, measured on the validation split; absent engines use 1",
     )
 
     def scale_for(self, engine: str) -> float:

@@ -8,6 +8,7 @@ go into the model's metadata, where the service reads them to warn about an engi
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 from classifier.contract import ModelContract
 from classifier.engines import ENGINES, Engine, ExportRequest
-from classifier.network import ClassifierNet
+from classifier.network import ClassifierNet, ServingNet
 from classifier.preprocessing import prepare_image
 from training.data import TRAINING_MAX_PIXELS
 
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 BATCH = 16
 SAME_SCALE = 0.01  # an engine whose OOD scores are within 1% of PyTorch's keeps them as they are (fp32 graphs)
+HALF_PRECISIONS = (torch.bfloat16, torch.float16)  # what the torch engine runs on a GPU
+HALF_SCALE_IMAGES = 64  # validation images the half-precision scales are measured on (fp16 is slow on a CPU)
 
 
 def export_engines(
@@ -93,6 +96,40 @@ def ood_scales(engines: dict[str, Engine], val_images: np.ndarray, contract: Mod
         if abs(scale - 1.0) > SAME_SCALE:
             scales[name] = scale
     return scales
+
+
+def half_precision_scales(
+    network: ClassifierNet, contract: ModelContract, val_images: np.ndarray, device: torch.device
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """For the torch engine in each of HALF_PRECISIONS (keys "torch:bfloat16", "torch:float16"): the factor that
+    puts its OOD scores on float32's, the median per-image ratio over up to HALF_SCALE_IMAGES validation images
+    (a half-precision backbone shifts every score by about the same factor), and what was measured. Run on
+    ``device``: the training GPU when there is one, else the CPU."""
+    images = torch.from_numpy(val_images[:HALF_SCALE_IMAGES])
+    if contract.ood is None or not len(images):
+        return {}, {}
+    full = _serve(ServingNet(copy.deepcopy(network), contract), images, device)
+    scales, measured = {}, {}
+    for dtype in HALF_PRECISIONS:
+        half = _serve(ServingNet(copy.deepcopy(network), contract).to(device).to_precision(dtype), images, device)
+        key = f"torch:{str(dtype).removeprefix('torch.')}"
+        scale = float((full[:, -1] / half[:, -1]).median())
+        rescaled = half[:, -1] * scale
+        measured[key] = {
+            "images": len(images),
+            "ood_score_scale": scale,
+            "median_rel_ood_score_diff_after_scale": float(((rescaled - full[:, -1]).abs() / full[:, -1]).median()),
+            "max_abs_probability_diff": float((half[:, :-1] - full[:, :-1]).abs().max()),
+        }
+        if abs(scale - 1.0) > SAME_SCALE:
+            scales[key] = scale
+    return scales, measured
+
+
+@torch.inference_mode()
+def _serve(serving: ServingNet, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    serving = serving.to(device).eval()
+    return torch.cat([serving(images[i : i + BATCH].to(device)).float().cpu() for i in range(0, len(images), BATCH)])
 
 
 def _ood_agreement(scores: np.ndarray, reference: np.ndarray, threshold: float) -> dict[str, float]:
@@ -165,7 +202,7 @@ def build_and_compare(
     files = export_engines(network, contract, workdir, names, calibration)
     engines = {name: ENGINES[name].load(path, contract, torch.get_num_threads()) for name, path in files.items()}
     if contract.ood is not None:
-        scales = ood_scales(engines, load_images(val, contract), contract)
+        scales = {**contract.ood.score_scales, **ood_scales(engines, load_images(val, contract), contract)}
         contract = contract.model_copy(update={"ood": contract.ood.model_copy(update={"score_scales": scales})})
     report = compare_engines(engines, reference, load_images(test, contract), test_labels, contract)
     for name in files:

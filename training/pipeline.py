@@ -26,7 +26,7 @@ from training.config import TrainConfig
 from training.data import TRAINING_MAX_PIXELS, Sample, Splits, find_images, load_splits
 from training.datasets import Augmentation, image_loader
 from training.download import fetch_cats_and_dogs, sha256_file
-from training.engine_export import build_and_compare
+from training.engine_export import HALF_SCALE_IMAGES, build_and_compare, half_precision_scales, load_images
 from training.errors import TrainingError
 from training.loop import Evaluation, evaluate_head, evaluate_model, fine_tune, train_head
 from training.model import attach_head, freeze_backbone, load_backbone, unfreeze
@@ -155,6 +155,7 @@ def run(cfg: TrainConfig) -> RunResult:
     log_calibration(calibration)
     clock = time.perf_counter()
     contract, ood_report, scores = _fit_ood(cfg, model, contract, splits, cached, outside, device)
+    contract, ood_report["half_precision"] = _half_precision(model, contract, splits, device)
     timings["ood_s"] = time.perf_counter() - clock
     payload = {
         **_report_payload(cfg, splits, contract, metrics, history, hits, timings),
@@ -222,6 +223,18 @@ def _export_engines(
         reference=reference.numpy(),
         test_labels=labels.numpy(),
     )
+
+
+def _half_precision(
+    model: ClassifierNet, contract: ModelContract, splits: Splits, device: torch.device
+) -> tuple[ModelContract, dict[str, Any]]:
+    """The contract with the torch engine's half-precision OOD score scales (the GPU's), and what was measured."""
+    if contract.ood is None:
+        return contract, {}
+    val = load_images([s.path for s in splits.val[:HALF_SCALE_IMAGES]], contract)
+    scales, measured = half_precision_scales(model, contract, val, device)
+    ood_entry = contract.ood.model_copy(update={"score_scales": {**contract.ood.score_scales, **scales}})
+    return contract.model_copy(update={"ood": ood_entry}), measured
 
 
 def _fit_ood(

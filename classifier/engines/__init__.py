@@ -169,9 +169,9 @@ def make_engine(
     scores come out on PyTorch's scale (see OodContract.score_scales)."""
     engine = ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch))
     ood = model.contract.ood
-    if ood is None or ood.scale_for(name) == 1.0:
-        return engine
-    return RescaledOod(engine, model.contract.num_classes, ood.scale_for(name))
+    precision = getattr(engine, "precision", None)  # e.g. the torch engine's bfloat16 on a GPU
+    scale = 1.0 if ood is None else ood.scale_for(f"{name}:{precision}" if precision else name)
+    return engine if scale == 1.0 else RescaledOod(engine, model.contract.num_classes, scale)
 
 
 class RescaledOod:

@@ -66,6 +66,7 @@ class TorchEngine:
         else:
             dtype = torch.float32
             torch.set_num_threads(threads)
+        self.precision = str(dtype).removeprefix("torch.")  # the OOD score's scale is looked up per precision
         network = ServingNet(loaded.network, loaded.contract).to(device).eval().to_precision(dtype)
         self.buckets = batch_buckets(compile_max_batch) if compile_max_batch else None
         if self.buckets:

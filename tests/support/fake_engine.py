@@ -15,6 +15,7 @@ from classifier.engines import BuildRequest, ExportRequest
 
 class ConstantEngine:
     device = "cpu"
+    precision: str | None = None  # the torch engine's, e.g. "bfloat16" on a GPU; None: one precision only
 
     def __init__(self, path: Path | str, contract: ModelContract, name: str = "fake") -> None:
         self.name, self.contract = name, contract

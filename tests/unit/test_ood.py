@@ -154,3 +154,24 @@ def test_the_score_keeps_float32_precision_when_features_share_a_large_common_pa
     probe = common + 0.05 * torch.randn(50, 256, generator=g)
     exact = module.double()(probe.double())
     assert torch.allclose(module.float()(probe).double(), exact, rtol=1e-4)
+
+
+def test_half_precision_scales_put_the_gpu_precisions_on_float32s_scale(contract):
+    from training.engine_export import half_precision_scales
+
+    torch.manual_seed(0)
+    network = build_classifier(contract.backbone, 2, contract.dropout).eval()
+    images = torch.randint(0, 256, (40, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        network.ood, _ = ood.fit_mahalanobis(
+            network.backbone(Normalize.from_contract(contract)(images)), torch.arange(40) % 2, 2
+        )
+    described = contract.model_copy(update={"ood": OodContract(dims=512, threshold=1.0, accept_rate=0.95)})
+    scales, measured = half_precision_scales(network, described, images.numpy(), torch.device("cpu"))
+    assert set(measured) == {"torch:bfloat16", "torch:float16"} and set(scales) <= set(measured)
+    for key, entry in measured.items():
+        assert entry["images"] == 40 and 0.5 < entry["ood_score_scale"] < 2.0
+        assert entry["median_rel_ood_score_diff_after_scale"] < 0.05 and entry["max_abs_probability_diff"] < 0.05
+        assert scales.get(key, 1.0) == (entry["ood_score_scale"] if key in scales else 1.0)
+    assert network.backbone.conv1.weight.dtype == torch.float32  # measured on copies
+    assert half_precision_scales(network, contract, images.numpy(), torch.device("cpu")) == ({}, {})  # no OOD score

@@ -67,3 +67,24 @@ def test_an_engine_on_another_ood_scale_is_put_on_pytorchs(fake_engine, contract
     assert out[:, 2].tolist() == [2.5, 2.5] and out[:, :2].tolist() == [[0.0, 1.0], [0.0, 1.0]]
     assert (engine.name, engine.device) == ("fake", "cpu")
     assert make_engine(model, "torch", torch.device("cpu"), threads=1).name == "torch"  # no scale: not wrapped
+
+
+def test_the_scale_of_the_engines_precision_is_applied(fake_engine, contract, tmp_path, monkeypatch):
+    """The torch engine on a GPU runs in bfloat16 or float16: its scale is looked up as "torch:bfloat16"."""
+    from classifier.contract import OodContract
+    from tests.support.fake_engine import ConstantEngine
+
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout, ood_dims=8)
+    ood = OodContract(dims=8, threshold=1.5, accept_rate=0.95, score_scales={"fake": 2.5, "fake:bfloat16": 0.8})
+    scaled = contract.model_copy(update={"ood": ood})
+    exported = FAKE.export(ExportRequest(network, scaled, tmp_path, np.zeros((0, 3, 64, 64), np.uint8), {}))
+    model = describe_model(
+        save_model("fake-precision-test", network, scaled, metadata={}, report={}, engine_files={"fake": exported})
+    )
+    monkeypatch.setattr(ConstantEngine, "precision", "bfloat16")
+    out = make_engine(model, "fake", torch.device("cpu"), threads=1).predict(np.zeros((1, 3, 64, 64), np.uint8))
+    assert out[0, 2] == pytest.approx(0.8)
+    monkeypatch.setattr(ConstantEngine, "precision", "float16")  # no scale measured for it: left as it is
+    assert make_engine(model, "fake", torch.device("cpu"), threads=1).predict(np.zeros((1, 3, 64, 64), np.uint8))[
+        0, 2
+    ] == pytest.approx(1.0)
