@@ -28,10 +28,10 @@ def to_prediction(
     k = max(1, min(k, contract.num_classes))
     order = np.argsort(-probs, kind="stable")[:k]
     scores = [ClassScore(label=contract.class_names[i], probability=round(float(probs[i]), 6)) for i in order]
-    ood_score = float(row[contract.num_classes]) if contract.ood else None
-    known = None
-    if contract.ood is not None and ood_score is not None and unknown != "off":
-        known = ood_score <= contract.ood.threshold
+    ood_score = known = None
+    if contract.ood is not None:
+        ood_score = float(row[contract.num_classes])
+        known = None if unknown == "off" else ood_score <= contract.ood.threshold
     label = UNKNOWN_LABEL if known is False and unknown == "abstain" else scores[0].label
     return Prediction(
         label=label,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from classifier.contract import ModelContract
-from classifier.engines import ENGINES, Engine, ExportRequest
+from classifier.engines import ENGINES, Engine, ExportRequest, on_pytorch_scale
 from classifier.network import ClassifierNet, ServingNet
 from classifier.preprocessing import prepare_image
 from training.data import TRAINING_MAX_PIXELS
@@ -56,8 +56,8 @@ def compare_engines(
     contract: ModelContract,
 ) -> dict[str, Any]:
     """Accuracy and top-1 agreement of each engine against PyTorch on the same images, and how far its
-    probabilities and OOD scores (on PyTorch's scale: contract.ood.score_scales) are from PyTorch's; for engines
-    that build on another (e.g. INT8 on fp32), agreement with it and the speed-up over it.
+    probabilities and OOD scores (engines already put on PyTorch's scale, see on_pytorch_scale) are from PyTorch's;
+    for engines that build on another (e.g. INT8 on fp32), agreement with it and the speed-up over it.
 
     ``reference`` is the PyTorch serving network's output for ``images`` (uint8 [N, 3, S, S]):
     [N, contract.output_width], probabilities then the OOD score.
@@ -65,8 +65,6 @@ def compare_engines(
     classes = contract.num_classes
     report: dict[str, Any] = {"images": len(images), "torch_accuracy": _accuracy(reference[:, :classes], labels)}
     outputs = {name: predict_in_batches(engine, images) for name, engine in engines.items()}
-    for name, out in outputs.items():
-        out[:, classes:] *= contract.ood.scale_for(name) if contract.ood else 1.0
     for name, out in outputs.items():
         probs = out[:, :classes]
         entry = {
@@ -204,6 +202,7 @@ def build_and_compare(
     if contract.ood is not None:
         scales = {**contract.ood.score_scales, **ood_scales(engines, load_images(val, contract), contract)}
         contract = contract.model_copy(update={"ood": contract.ood.model_copy(update={"score_scales": scales})})
+        engines = {name: on_pytorch_scale(engine, contract) for name, engine in engines.items()}
     report = compare_engines(engines, reference, load_images(test, contract), test_labels, contract)
     for name in files:
         if "top1_agreement_with_fp32" in report[name]:

@@ -167,11 +167,19 @@ def make_engine(
 ) -> Engine:
     """Build engine ``name`` (as chosen by choose_engine) for ``model``; EngineError if it will not load. Its OOD
     scores come out on PyTorch's scale (see OodContract.score_scales)."""
-    engine = ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch))
-    ood = model.contract.ood
-    precision = getattr(engine, "precision", None)  # e.g. the torch engine's bfloat16 on a GPU
-    scale = 1.0 if ood is None else ood.scale_for(f"{name}:{precision}" if precision else name)
-    return engine if scale == 1.0 else RescaledOod(engine, model.contract.num_classes, scale)
+    return on_pytorch_scale(
+        ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch)), model.contract
+    )
+
+
+def on_pytorch_scale(engine: Engine, contract: ModelContract) -> Engine:
+    """``engine`` with its OOD scores multiplied by the contract's scale for it (OodContract.score_scales), looked up
+    by its name, or name:precision for an engine with several (the torch engine's bfloat16 on a GPU)."""
+    if contract.ood is None:
+        return engine
+    precision = getattr(engine, "precision", None)
+    scale = contract.ood.scale_for(f"{engine.name}:{precision}" if precision else engine.name)
+    return engine if scale == 1.0 else RescaledOod(engine, contract.num_classes, scale)
 
 
 class RescaledOod:

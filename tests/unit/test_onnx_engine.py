@@ -9,15 +9,15 @@ from classifier.engines import ENGINES, EngineError, ExportRequest
 from classifier.engines.ort_engine import OnnxEngine
 from classifier.engines.ort_int8 import nodes_outside_the_convolutions
 from classifier.engines.torch_engine import TorchEngine
-from classifier.network import Normalize, build_classifier
+from classifier.network import build_classifier
 from classifier.store import LoadedModel
+from tests.support.ood import fit_ood
 from training.engine_export import compare_engines, ood_scales
-from training.ood import fit_mahalanobis, threshold_at
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from classifier.contract import ModelContract, OodContract
+    from classifier.contract import ModelContract
 
     contract = ModelContract(
         class_names=("a", "b", "c"),
@@ -31,13 +31,7 @@ def exported(tmp_path_factory):
     )
     torch.manual_seed(0)
     network = build_classifier(contract.backbone, contract.num_classes, contract.dropout).eval()
-    with torch.no_grad():
-        features = network.backbone(Normalize.from_contract(contract)(torch.from_numpy(_images(30, seed=2))))
-        network.ood, _ = fit_mahalanobis(features, torch.arange(30) % 3, 3)
-        threshold = threshold_at(network.ood(features), 0.95)
-    contract = contract.model_copy(
-        update={"ood": OodContract(dims=network.ood.dims, threshold=threshold, accept_rate=0.95)}
-    )
+    contract = fit_ood(network, contract, torch.from_numpy(_images(30, seed=2)))
     folder = tmp_path_factory.mktemp("onnx")
     calibration = np.random.default_rng(0).integers(0, 255, (20, 3, 64, 64), dtype=np.uint8)
     fp32 = ENGINES["onnx"].export(ExportRequest(network, contract, folder, calibration, {}))

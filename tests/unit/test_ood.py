@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from classifier.contract import OodContract
-from classifier.network import Normalize, ServingNet, build_classifier, build_network
+from classifier.network import ServingNet, build_classifier, build_network
 from classifier.ood import MahalanobisScore
 from classifier.store import load_model, save_model
+from tests.support.ood import fit_ood
 from training import ood
 
 
@@ -120,10 +121,7 @@ def test_half_precision_leaves_the_score_in_float32(contract):
     torch.manual_seed(0)
     network = build_classifier(contract.backbone, 2, contract.dropout).eval()
     images = torch.randint(0, 256, (64, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        features = network.backbone(Normalize.from_contract(contract)(images[:48]))
-    network.ood, _ = ood.fit_mahalanobis(features, torch.arange(48) % 2, 2)
-    described = contract.model_copy(update={"ood": OodContract(dims=512, threshold=1.0, accept_rate=0.95)})
+    described = fit_ood(network, contract, images[:48])
     with torch.inference_mode():
         full = ServingNet(network, described).eval()(images[48:])
         serving = ServingNet(copy.deepcopy(network), described).eval().to_precision(torch.bfloat16)
@@ -162,11 +160,7 @@ def test_half_precision_scales_put_the_gpu_precisions_on_float32s_scale(contract
     torch.manual_seed(0)
     network = build_classifier(contract.backbone, 2, contract.dropout).eval()
     images = torch.randint(0, 256, (40, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        network.ood, _ = ood.fit_mahalanobis(
-            network.backbone(Normalize.from_contract(contract)(images)), torch.arange(40) % 2, 2
-        )
-    described = contract.model_copy(update={"ood": OodContract(dims=512, threshold=1.0, accept_rate=0.95)})
+    described = fit_ood(network, contract, images)
     scales, measured = half_precision_scales(network, described, images.numpy(), torch.device("cpu"))
     assert set(measured) == {"torch:bfloat16", "torch:float16"} and set(scales) <= set(measured)
     for key, entry in measured.items():
