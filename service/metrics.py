@@ -15,6 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 PREFIX = "image_classifier"
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SHED_REASONS = ("queue_full", "queue_timeout", "batching_budget")
+FEEDBACK_OUTCOMES = ("correct", "wrong", "image")  # by request id: was the answer right; or an uploaded image
 _CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # OOD scores: about 1 for a typical training image; thresholds fall around 1.5-3.
 _OOD = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 100.0)
@@ -37,6 +38,14 @@ class ServiceMetrics:
     shed: Counter
     admitted_images: Gauge
     queued_requests: Gauge
+    explain_seconds: Histogram
+    explain_cpu_seconds: Counter
+    explain_shed: Counter
+    feedback: Counter
+    feedback_folder_images: Gauge
+    feedback_folder_fill: Gauge
+    training_accuracy: Gauge
+    training_class_recall: Gauge
 
 
 @lru_cache(maxsize=1)
@@ -117,6 +126,48 @@ def metrics() -> ServiceMetrics:
             f"{PREFIX}_queued_requests",
             "Requests waiting for admission.",
             multiprocess_mode="livesum",
+        ),
+        explain_seconds=Histogram(
+            f"{PREFIX}_explain_duration_seconds",
+            "Time to answer one /v1/explain request: the wait for the explain thread, the prediction, Grad-CAM and "
+            "the overlay.",
+            buckets=_SECONDS + (30.0, 60.0),
+        ),
+        explain_cpu_seconds=Counter(
+            f"{PREFIX}_explain_cpu_seconds",
+            "CPU time spent by the explain thread (its share of the cores is what explain takes from predictions).",
+        ),
+        explain_shed=Counter(
+            f"{PREFIX}_explain_shed_requests",
+            "Explain requests refused with 503: the explain thread was busy and its queue full, or the wait too long.",
+        ),
+        feedback=Counter(
+            f"{PREFIX}_feedback",
+            "Feedback received, by true class and outcome: correct or wrong (feedback on a request id: was the "
+            "served answer right), image (an uploaded image with its label).",
+            ["class_name", "outcome"],
+        ),
+        feedback_folder_images=Gauge(
+            f"{PREFIX}_feedback_folder_images",
+            "Images in the feedback folder (CLASSIFIER_FEEDBACK_DIR).",
+            multiprocess_mode="livemax",
+        ),
+        feedback_folder_fill=Gauge(
+            f"{PREFIX}_feedback_folder_fill",
+            "How full the feedback folder is: the larger of its image and byte shares of "
+            "CLASSIFIER_FEEDBACK_MAX_IMAGES and _MAX_BYTES (1: full, feedback refused).",
+            multiprocess_mode="livemax",
+        ),
+        training_accuracy=Gauge(
+            f"{PREFIX}_training_accuracy",
+            "The served model's top-1 accuracy on its test split at training time (live accuracy's reference).",
+            multiprocess_mode="livemax",
+        ),
+        training_class_recall=Gauge(
+            f"{PREFIX}_training_class_recall",
+            "The served model's top-1 accuracy on each class of its test split at training time.",
+            ["class_name"],
+            multiprocess_mode="livemax",
         ),
     )
     for reason in SHED_REASONS:  # a series from the start, so rates and alerts see 0 rather than nothing

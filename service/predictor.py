@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -38,6 +38,7 @@ from service.settings import ServiceSettings
 logger = logging.getLogger(__name__)
 
 ModelCall = Callable[[Any], Awaitable[np.ndarray]]
+T = TypeVar("T")
 
 
 class Predictor:
@@ -159,21 +160,25 @@ class Predictor:
 
     @staticmethod
     async def _call(method: ModelCall, batch: Any) -> Any:
-        """One call to the model service; its failures become 503s with Retry-After."""
-        try:
-            return await method(batch)
-        except Exception as exc:
-            failure = runner_failure(exc)
-            if failure is None:
-                raise
-            if failure == "busy":  # BentoML's batcher: over the batching latency budget
-                metrics().shed.labels("batching_budget").inc()
-                raise ApiError(503, "overloaded", "the model is busy; retry shortly") from exc
-            if failure == "failed":
-                logger.exception("model runner failed")
-                raise ApiError(503, "model_unavailable", "the model service failed; retry shortly") from exc
-            logger.warning("model runner unreachable: %s", exc)
-            raise ApiError(503, "model_unavailable", "the model service is not reachable; retry shortly") from exc
+        return await call_model(lambda: method(batch))
+
+
+async def call_model(call: Callable[[], Awaitable[T]]) -> T:
+    """One call to the model service; its failures become 503s with Retry-After."""
+    try:
+        return await call()
+    except Exception as exc:
+        failure = runner_failure(exc)
+        if failure is None:
+            raise
+        if failure == "busy":  # BentoML's batcher: over the batching latency budget
+            metrics().shed.labels("batching_budget").inc()
+            raise ApiError(503, "overloaded", "the model is busy; retry shortly") from exc
+        if failure == "failed":
+            logger.exception("model runner failed")
+            raise ApiError(503, "model_unavailable", "the model service failed; retry shortly") from exc
+        logger.warning("model runner unreachable: %s", exc)
+        raise ApiError(503, "model_unavailable", "the model service is not reachable; retry shortly") from exc
 
 
 def _shed(exc: Overloaded) -> ApiError:

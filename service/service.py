@@ -22,6 +22,7 @@ import bentoml
 import numpy as np
 import torch
 from fastapi import Query, Request
+from fastapi.responses import Response
 
 from classifier.contract import ContractError
 from classifier.device import cpu_threads
@@ -29,13 +30,35 @@ from classifier.engines import ENGINES, EngineError, agreement_caveat, make_engi
 from classifier.jpeg_batch import JpegResult, classify_jpegs
 from service import transport
 from service.bentoml_compat import check_version, described_service, service_workers_alive
-from service.http.app import DESCRIPTION, ERRORS, MANY_IMAGES_BODY, ONE_IMAGE_BODY, TITLE, api
+from service.explainer import Explained, Explainer, ExplainGate, explain_answer, target_index
+from service.feedback import Feedback
+from service.http.app import (
+    DESCRIPTION,
+    ERRORS,
+    EXPLAIN_RESPONSES,
+    FEEDBACK_BODY,
+    FEEDBACK_ERRORS,
+    MANY_IMAGES_BODY,
+    ONE_IMAGE_BODY,
+    TITLE,
+    api,
+)
 from service.http.auth import check_api_key
-from service.http.schemas import Batching, BatchPredictResponse, Limits, ModelInfo, PredictResponse
-from service.http.uploads import many_images, single_image
+from service.http.schemas import (
+    Batching,
+    BatchPredictResponse,
+    ExplainResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    Limits,
+    ModelInfo,
+    PredictResponse,
+)
+from service.http.uploads import image_and_label, many_images, media_type, read_json, single_image
 from service.metrics import metrics
-from service.predictor import Predictor
-from service.settings import ServiceSettings, SettingsError
+from service.postprocessing import default_top_k, to_prediction
+from service.predictor import Predictor, call_model
+from service.settings import ENV_PREFIX, ServiceSettings, SettingsError
 from service.shutdown import on_sigterm
 from service.startup import decide, ood_caveat, pin
 
@@ -76,6 +99,15 @@ class ModelRunner:
             raise SystemExit(2) from None
         if caveat := ood_caveat(serving.model):
             logger.warning(caveat)
+        if settings.feedback_dir is not None:  # an unwritable folder stops the server here, not on the first feedback
+            try:
+                Feedback(serving.model, settings)
+            except OSError as exc:
+                print(
+                    f"error: {ENV_PREFIX}FEEDBACK_DIR={settings.feedback_dir}: cannot write there ({exc})",
+                    file=sys.stderr,
+                )
+                raise SystemExit(2) from None
         # The version ("name:latest" -> "name:abc123"), device and engine, for every worker this server starts.
         pin(serving)
         if "BENTOML_NO_UDS" in os.environ:
@@ -103,6 +135,7 @@ class ModelRunner:
         )
         if caveat := agreement_caveat(model, self.engine.name):
             logger.warning(caveat)
+        self.explainer = Explainer(model.tag, model.contract, settings)
         self.engine.warm_up()
         # On SIGTERM keep serving while a front worker lives: its queued requests still need the model.
         on_sigterm(settings.graceful_timeout_s, wait_while=service_workers_alive(FRONT))
@@ -127,6 +160,11 @@ class ModelRunner:
         """Plain JPEG bytes (see jpeg_batch.batch_decodable), decoded as one batch on the model's device -> one
         result per image: its scores, or why it could not be decoded."""
         return self._timed(lambda: classify_jpegs(images, self.contract, self.device, self.engine.predict), len(images))
+
+    @bentoml.api
+    async def explain(self, image: bytes, target: int = -1) -> Explained:
+        """One image -> its Grad-CAM explanation for class ``target`` (-1: the most probable), or why there is none."""
+        return await self.explainer.explain(image, None if target < 0 else target)
 
     def _timed(self, run: Callable[[], T], images: int) -> T:
         start = time.perf_counter()
@@ -164,6 +202,8 @@ class ImageClassifier:
             lambda datas: self.runner.to_async.infer_jpeg(datas),
             engine_decodes=engine_decodes,
         )
+        self.feedback_loop = Feedback(self.model, self.settings)
+        self.explain_gate = ExplainGate(self.settings)
         metrics()
 
     @api.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=ONE_IMAGE_BODY)
@@ -173,7 +213,9 @@ class ImageClassifier:
         self.predictor.refuse_if_full()  # before reading what may be megabytes
         upload = await single_image(request, max_bytes=self.settings.max_body_bytes)
         (result,) = await self.predictor.classify([upload], top_k, many=False)
-        return PredictResponse(model=self.model.tag, **result.model_dump())
+        request_id = request.state.request_id
+        self.feedback_loop.remember(request_id, [upload], [result])
+        return PredictResponse(model=self.model.tag, request_id=request_id, **result.model_dump())
 
     @api.post("/predict/batch", response_model=BatchPredictResponse, responses=ERRORS, openapi_extra=MANY_IMAGES_BODY)
     async def predict_batch(self, request: Request, top_k: int | None = Query(None, ge=1)) -> BatchPredictResponse:
@@ -183,9 +225,47 @@ class ImageClassifier:
         uploads = await many_images(
             request, max_bytes=self.settings.max_body_bytes, max_images=self.settings.max_images
         )
-        return BatchPredictResponse(
-            model=self.model.tag, results=await self.predictor.classify(uploads, top_k, many=True)
+        results = await self.predictor.classify(uploads, top_k, many=True)
+        request_id = request.state.request_id
+        self.feedback_loop.remember(request_id, uploads, results)
+        return BatchPredictResponse(model=self.model.tag, request_id=request_id, results=results)
+
+    @api.post("/explain", response_model=ExplainResponse, responses=EXPLAIN_RESPONSES, openapi_extra=ONE_IMAGE_BODY)
+    async def explain(
+        self, request: Request, top_k: int | None = Query(None, ge=1), target: str | None = Query(None)
+    ) -> ExplainResponse | Response:
+        """One image (as /v1/predict): its prediction and a Grad-CAM heatmap of why; PNG with Accept: image/png."""
+        check_api_key(self.settings.api_key, request.headers)
+        contract, start = self.model.contract, time.perf_counter()
+        index = target_index(contract, target)
+        with self.explain_gate.enter():  # before reading what may be megabytes
+            upload = await single_image(request, max_bytes=self.settings.max_body_bytes)
+            explained = await call_model(lambda: self.runner.to_async.explain(upload.data, index))
+        explained.raise_for_error(upload.filename)
+        metrics().explain_seconds.observe(time.perf_counter() - start)
+        k = top_k or default_top_k(contract.num_classes)
+        result = to_prediction(np.array(explained.scores), contract, k, upload.filename, self.settings.unknown)
+        request_id = request.state.request_id
+        self.feedback_loop.remember(request_id, [upload], [result])
+        return explain_answer(
+            explained,
+            result,
+            target=contract.class_names[explained.target],
+            tag=self.model.tag,
+            request_id=request_id,
+            accept=request.headers.get("accept", ""),
         )
+
+    @api.post("/feedback", response_model=FeedbackResponse, responses=FEEDBACK_ERRORS, openapi_extra=FEEDBACK_BODY)
+    async def feedback(self, request: Request) -> FeedbackResponse:
+        """The true label of an answer (JSON: request_id, index, label) or of an image (multipart: image, label)."""
+        check_api_key(self.settings.api_key, request.headers)
+        max_bytes = self.settings.max_body_bytes
+        if media_type(request) == "application/json":
+            body = await read_json(request, FeedbackRequest, max_bytes=max_bytes)
+            return await self.feedback_loop.on_answer(body.request_id, body.index, body.label)
+        upload, label = await image_and_label(request, max_bytes=max_bytes)
+        return await self.feedback_loop.on_image(upload, label)
 
     @api.get("/model", response_model=ModelInfo)
     async def model_info(self, request: Request) -> ModelInfo:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextvars import ContextVar
+from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -88,6 +89,40 @@ class ServiceSettings(BaseSettings):
     )
     drift_window: int = Field(
         1000, ge=10, le=1_000_000, description="answers over which the class-share drift (PSI) is computed"
+    )
+    explain_queue: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="explain requests waiting behind the one running (one at a time per model worker); more, "
+        "or a wait over max_queue_wait_ms, get 503",
+    )
+    explain_nice: int = Field(
+        19,
+        ge=0,
+        le=19,
+        description="niceness of the explain threads: how far Grad-CAM yields the CPU to the engine when both "
+        "want it (19: a scheduler weight of 15 against 1024 per engine thread, so explain runs mostly on idle "
+        "CPU; 10: 110; 0: equal)",
+    )
+    explain_max_pixels: int = Field(
+        16_000_000, ge=1, description="largest image (width x height) explained: the overlay is the photo's size"
+    )
+    feedback_dir: Path | None = Field(
+        None,
+        description="folder where feedback images are written, one sub-folder per class (what "
+        "`python -m training --extra-data` reads); unset: feedback is counted but no image is kept",
+    )
+    feedback_max_images: int = Field(10_000, ge=1, description="most images the feedback folder may hold")
+    feedback_max_bytes: int = Field(2 * 1024**3, ge=1024, description="most bytes the feedback folder may hold")
+    recent_requests: int = Field(
+        1000, ge=0, le=1_000_000, description="latest requests whose answers feedback can refer to by request id"
+    )
+    recent_bytes: int = Field(
+        64 * 1024**2,
+        ge=0,
+        description="memory for those requests' images (kept only with feedback_dir), so feedback by id needs no "
+        "re-upload; the oldest are dropped first",
     )
     graceful_timeout_s: float = Field(
         60,

@@ -67,6 +67,12 @@ class TrainConfig:
     data: Path | None = option(
         None, "folder of class sub-folders (or train/ + validation/); default: download cats vs dogs", type=Path
     )
+    extra_data: Path | None = option(
+        None,
+        "folder of class sub-folders added to the training split only (e.g. the service's CLASSIFIER_FEEDBACK_DIR), "
+        "so test figures stay comparable; images identical to one in --data are dropped",
+        type=Path,
+    )
     cache_dir: Path | None = option(
         None, f"dataset and feature cache (default: ${CACHE_ENV} or ~/.cache/transfer-serve)", type=Path
     )
@@ -124,6 +130,7 @@ class TrainConfig:
     ood_accept: float = option(
         0.95, "share of the validation split accepted as known: sets the OOD threshold", type=FRACTION
     )
+    grid_heatmaps: bool = option(True, "lay Grad-CAM heatmaps of the predicted class over the test prediction grid")
     calibration_images: int = option(128, "training images that calibrate the INT8 quantization", type=COUNT)
 
     @property

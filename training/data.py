@@ -3,7 +3,10 @@
 Layouts accepted:
 - ``ROOT/train/<class>/...`` with ``ROOT/validation/<class>/...`` (or ``val/`` / ``valid/``);
 - ``ROOT/<class>/...``: one folder, split into train and validation by a seeded ratio.
-The test split is always a seeded share of the validation split, taken per class.
+The test split is always a seeded share of the validation split, taken per class. Extra images (a folder of
+class sub-folders, e.g. the service's feedback folder) join the training split only, so the validation and
+test figures stay comparable with a run without them; an extra image identical to one of the dataset's is
+dropped (in validation or test it would leak).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Splits:
     skipped: tuple[tuple[Path, str], ...]
     fingerprint: str
     duplicates: tuple[tuple[Path, ...], ...] = ()
+    extra: Extra | None = None  # images added to the training split (already in ``train``)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per class in each split, e.g. {"train": {"cats": 1000, ...}, ...}."""
@@ -59,8 +63,28 @@ class Splits:
         return out
 
 
-def load_splits(root: Path, *, val_ratio: float, test_ratio: float, seed: int, workers: int | None = None) -> Splits:
-    """Discover, scan and split ``root``. Raises TrainingError on a folder that cannot be used."""
+@dataclass(frozen=True)
+class Extra:
+    """The extra training images: where from, how many per class, and how many were dropped as duplicates."""
+
+    root: Path
+    samples: tuple[Sample, ...]
+    counts: dict[str, int]
+    dropped: tuple[Path, ...]
+    fingerprint: str  # SHA-256 over each kept image's path, label and content
+
+
+def load_splits(
+    root: Path,
+    *,
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    workers: int | None = None,
+    extra: Path | None = None,
+) -> Splits:
+    """Discover, scan and split ``root``, adding ``extra``'s images to the training split. Raises TrainingError on
+    a folder that cannot be used."""
     root = Path(root).expanduser()
     if not root.exists():
         raise TrainingError(f"data folder {root} does not exist; pass --data DIR with a folder of class sub-folders")
@@ -68,6 +92,7 @@ def load_splits(root: Path, *, val_ratio: float, test_ratio: float, seed: int, w
         raise TrainingError(f"--data {root} is a file, not a folder of class sub-folders")
     layout, groups = _discover(root)
     class_names = tuple(sorted(groups["train"]))
+    extra_classes = _extra_classes(Path(extra).expanduser(), root, class_names) if extra is not None else None
     scanned = {split: _scan(split, by_class, class_names, workers) for split, by_class in groups.items()}
     skipped = tuple(item for result in scanned.values() for item in result[1])
     _warn_skipped(skipped)
@@ -85,6 +110,12 @@ def load_splits(root: Path, *, val_ratio: float, test_ratio: float, seed: int, w
     else:
         train, val = _split(train, val_ratio, seed, "validation")
     val, test = _split(val, test_ratio, seed, "test")
+    added = None
+    if extra is not None and extra_classes is not None:
+        added = _extra(Path(extra), extra_classes, class_names, files, workers)
+    if added is not None:
+        train = sorted(train + [(s.path, s.label, "") for s in added.samples])
+        fingerprint = hashlib.sha256(f"{fingerprint}\0{added.fingerprint}".encode()).hexdigest()
     splits = Splits(
         root=root,
         layout=layout,
@@ -95,9 +126,61 @@ def load_splits(root: Path, *, val_ratio: float, test_ratio: float, seed: int, w
         skipped=skipped,
         fingerprint=fingerprint,
         duplicates=tuple(tuple(group) for group in duplicates),
+        extra=added,
     )
     _check_nonempty(splits)
     return splits
+
+
+def _extra_classes(folder: Path, root: Path, class_names: tuple[str, ...]) -> dict[str, Path]:
+    """The extra folder's class sub-folders, checked before any image is read: the dataset's classes only."""
+    if not folder.is_dir():
+        raise TrainingError(f"--extra-data {folder} is not a folder; pass a folder of class sub-folders")
+    if folder.resolve() == root.resolve() or folder.resolve().is_relative_to(root.resolve()):
+        raise TrainingError(
+            f"--extra-data {folder} is inside --data {root}: its images would land in every split; keep it apart"
+        )
+    by_class = _class_dirs(folder)
+    foreign = sorted(set(by_class) - set(class_names))
+    if foreign:
+        raise TrainingError(
+            f"--extra-data {folder} holds class(es) {', '.join(foreign)} that --data has not "
+            f"({', '.join(class_names)}); rename or remove those sub-folders"
+        )
+    return by_class
+
+
+def _extra(
+    folder: Path,
+    by_class: dict[str, Path],
+    class_names: tuple[str, ...],
+    files: dict[str, list[tuple[Path, int, str]]],
+    workers: int | None,
+) -> Extra:
+    """Scan the extra folder's images; those identical to the dataset's are dropped."""
+    folder = folder.expanduser()
+    scanned, skipped = _scan("extra", by_class, class_names, workers)
+    _warn_skipped(tuple(skipped))
+    known = {sha for items in files.values() for _, _, sha in items}
+    kept = [item for item in scanned if item[2] not in known]
+    dropped = tuple(sorted(path for path, _, sha in scanned if sha in known))
+    if dropped:
+        logger.warning(
+            "dropped %d --extra-data image(s) identical to images of --data (in validation or test they would leak): "
+            "%s",
+            len(dropped),
+            "; ".join(map(str, dropped[:10])),
+        )
+    if not kept:
+        logger.warning("--extra-data %s adds no image to the training split", folder)
+    per_class = Counter(label for _, label, _ in kept)
+    return Extra(
+        root=folder,
+        samples=tuple(Sample(path, label) for path, label, _ in sorted(kept)),
+        counts={name: per_class.get(i, 0) for i, name in enumerate(class_names)},
+        dropped=dropped,
+        fingerprint=_fingerprint({"extra": kept}, folder),
+    )
 
 
 def find_images(root: Path, workers: int | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:

@@ -16,6 +16,7 @@ import torch
 from classifier.backbones import backbone_spec
 from classifier.contract import ModelContract
 from classifier.device import pick_device
+from classifier.explain import GradCam
 from classifier.network import ClassifierNet
 from classifier.preprocessing import prepare_image
 from classifier.store import save_model
@@ -99,7 +100,14 @@ def run(cfg: TrainConfig) -> RunResult:
         if cfg.data is not None
         else fetch_cats_and_dogs(cfg.cache_root / "datasets", url=cfg.dataset_url, expected_sha256=cfg.dataset_sha256)
     )
-    splits = load_splits(root, val_ratio=cfg.val_ratio, test_ratio=cfg.test_ratio, seed=cfg.seed, workers=cfg.workers)
+    splits = load_splits(
+        root,
+        val_ratio=cfg.val_ratio,
+        test_ratio=cfg.test_ratio,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        extra=cfg.extra_data,
+    )
     log_splits(splits)
     timings["data_s"] = time.perf_counter() - clock
 
@@ -162,7 +170,7 @@ def run(cfg: TrainConfig) -> RunResult:
         "calibration": calibration,
         "ood": ood_report,
     }
-    plots = _plots(cfg.output, splits, contract, history, metrics, test)
+    plots = _plots(cfg.output, splits, contract, history, metrics, test, model if cfg.grid_heatmaps else None)
     plots.append(
         report.plot_reliability(uncalibrated.probs, test.probs, test.labels, cfg.output / report.RELIABILITY_FILE)
     )
@@ -286,6 +294,9 @@ def log_splits(splits: Splits) -> None:
     for split, per_class in counts.items():
         detail = ", ".join(f"{name} {n}" for name, n in per_class.items())
         logger.info("  %-5s %5d images (%s)", split, sum(per_class.values()), detail)
+    if splits.extra is not None:
+        added = ", ".join(f"{name} {n}" for name, n in splits.extra.counts.items())
+        logger.info("  train includes %d image(s) from %s (%s)", len(splits.extra.samples), splits.extra.root, added)
 
 
 def _loader(cfg: TrainConfig, samples, contract, device, augmentation=None, shuffle=False):
@@ -327,7 +338,7 @@ def cached_features(
         key = {
             **base,
             "split": split,
-            "files": _files_key(samples, splits.root),
+            "files": _files_key(samples, splits),
             "augmentation": aug and vars(aug),
             "seed": cfg.seed if aug else None,
         }
@@ -344,8 +355,13 @@ def cached_features(
     return out, hits
 
 
-def _files_key(samples: tuple[Sample, ...], root: Path) -> str:
-    return feats.cache_key({"files": [(s.path.relative_to(root).as_posix(), s.label) for s in samples]})
+def _files_key(samples: tuple[Sample, ...], splits: Splits) -> str:
+    def name(path: Path) -> str:  # relative to its folder, so a moved dataset keeps its cache
+        if splits.extra is not None and path.is_relative_to(splits.extra.root):
+            return "extra:" + path.relative_to(splits.extra.root).as_posix()
+        return path.relative_to(splits.root).as_posix()
+
+    return feats.cache_key({"files": [(name(s.path), s.label) for s in samples]})
 
 
 def _fine_tune(cfg, model, contract, splits, augmentation, device, first_epoch):
@@ -384,6 +400,20 @@ def _dataset_summary(splits: Splits) -> dict[str, Any]:
         "counts": splits.counts(),
         "skipped": [{"path": str(p), "reason": why} for p, why in splits.skipped],
         "duplicates": [[str(p) for p in group] for group in splits.duplicates],
+        "extra": _extra_summary(splits),
+    }
+
+
+def _extra_summary(splits: Splits) -> dict[str, Any] | None:
+    """What --extra-data added to the training split (its images are also in counts["train"])."""
+    if splits.extra is None:
+        return None
+    return {
+        "root": str(splits.extra.root),
+        "images": len(splits.extra.samples),
+        "counts": splits.extra.counts,
+        "dropped_duplicates": len(splits.extra.dropped),
+        "fingerprint": splits.extra.fingerprint,
     }
 
 
@@ -398,15 +428,22 @@ def _model_metadata(cfg: TrainConfig, splits: Splits, test: dict[str, Any]) -> d
     }
 
 
-def _plots(output: Path, splits, contract, history, metrics, test: Evaluation) -> list[Path]:
+def _plots(
+    output: Path, splits, contract, history, metrics, test: Evaluation, explained: ClassifierNet | None
+) -> list[Path]:
+    """The report's figures; with ``explained`` (the final network, on the CPU) the grid shows Grad-CAM heatmaps."""
     shown = sorted(random.Random(0).sample(range(len(splits.test)), min(GRID_IMAGES, len(splits.test))))
     images = [prepare_image(splits.test[i].path.read_bytes(), contract, max_pixels=TRAINING_MAX_PIXELS) for i in shown]
+    heatmaps = None
+    if explained is not None:
+        predicted = test.probs[shown].argmax(dim=1).tolist()
+        heatmaps = GradCam(explained, contract).explain(torch.stack(images), predicted).heatmaps
     return [
         report.plot_learning_curves(history, metrics["baseline"], output / report.CURVES_FILE),
         report.plot_confusion_matrix(
             metrics["test"]["confusion_matrix"], splits.class_names, output / report.CONFUSION_FILE
         ),
         report.plot_prediction_grid(
-            images, test.probs[shown], test.labels[shown], splits.class_names, output / report.GRID_FILE
+            images, test.probs[shown], test.labels[shown], splits.class_names, output / report.GRID_FILE, heatmaps
         ),
     ]

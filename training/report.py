@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: plots are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 METRICS_FILE = "metrics.json"
@@ -64,24 +65,35 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: tuple[str, ...],
 
 
 def plot_prediction_grid(
-    images: list[torch.Tensor], probs: torch.Tensor, labels: torch.Tensor, class_names: tuple[str, ...], path: Path
+    images: list[torch.Tensor],
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: tuple[str, ...],
+    path: Path,
+    heatmaps: np.ndarray | None = None,
 ) -> Path:
-    """uint8 crops [3, S, S] with 'predicted (p) / true' titles; wrong predictions in red."""
+    """uint8 crops [3, S, S] with 'predicted (p) / true' titles; wrong predictions in red; with ``heatmaps``
+    ([N, h, w] in [0, 1], Grad-CAM of the predicted class) laid over each image."""
     cols = min(4, len(images)) or 1
     rows = max(1, math.ceil(len(images) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, p, label in zip(axes.flat, images, probs, labels, strict=False):  # spare axes stay blank
+    for i, (ax, image, p, label) in enumerate(zip(axes.flat, images, probs, labels, strict=False)):  # spare axes blank
         pred = int(p.argmax())
         ax.imshow(image.permute(1, 2, 0).numpy())
+        if heatmaps is not None:
+            size = image.shape[-1]
+            heat = heatmaps[i]
+            ax.imshow(heat, cmap="turbo", alpha=0.15 + 0.5 * heat, extent=(0, size, size, 0), interpolation="bilinear")
         ok = pred == int(label)
         ax.set_title(
             f"{class_names[pred]} ({float(p[pred]):.0%})\ntrue: {class_names[int(label)]}",
             color="green" if ok else "red",
             fontsize=9,
         )
-    fig.suptitle("Test images: predicted (confidence) / true")
+    what = "; heat: Grad-CAM of the predicted class" if heatmaps is not None else ""
+    fig.suptitle(f"Test images: predicted (confidence) / true{what}")
     return _save(fig, path)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from classifier.contract import ModelContract
 from classifier.engines import ENGINES
@@ -43,13 +43,62 @@ class Prediction(BaseModel):
     filename: str | None = Field(None, description="the uploaded file's name, when it had one")
 
 
+_REQUEST_ID = (
+    "this request's id (the X-Request-ID header sent, else a new one; also in the response's X-Request-ID "
+    "header): POST /v1/feedback takes it with the true label"
+)
+
+
 class PredictResponse(Prediction):
     model: str = Field(description="tag of the model that answered (name:version)")
+    request_id: str = Field(description=_REQUEST_ID)
 
 
 class BatchPredictResponse(BaseModel):
     model: str = Field(description="tag of the model that answered (name:version)")
+    request_id: str = Field(description=_REQUEST_ID + " and the image's index")
     results: list[Prediction] = Field(description="one result per image, in the order they were sent")
+
+
+class ExplainResponse(Prediction):
+    """The prediction for one image, and a Grad-CAM heatmap of what made the model answer ``target``."""
+
+    model: str = Field(description="tag of the model that answered (name:version)")
+    request_id: str = Field(description=_REQUEST_ID)
+    target: str = Field(description="the class explained: the most probable one unless ?target= asked for another")
+    heatmap: list[list[float]] = Field(
+        description="Grad-CAM over the center crop the model saw, rows top to bottom, in [0, 1] (1: what counted "
+        "most for target); the last convolutional block's grid, 7 x 7 for ResNet50 at 224 px"
+    )
+    width: int = Field(description="the overlay's width: the photo's, upright")
+    height: int = Field(description="the overlay's height")
+    overlay_png: str = Field(
+        description="base64 PNG: the photo with the heatmap laid over the crop the model saw (the rest dimmed); "
+        "send Accept: image/png to get it as the body instead"
+    )
+
+
+class FeedbackRequest(BaseModel):
+    """The true label of an image the service answered, by the answer's request id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=128, description="the request_id of the answer")
+    index: int = Field(0, ge=0, description="the image's position in a /v1/predict/batch request (0 otherwise)")
+    label: str = Field(description="the true class, one of the model's class names")
+
+
+class FeedbackResponse(BaseModel):
+    label: str = Field(description="the true class received")
+    request_id: str | None = Field(None, description="the answer it is about (feedback by request id)")
+    index: int | None = Field(None, description="the image's position in that request")
+    answered: str | None = Field(None, description="the label the service answered")
+    correct: bool | None = Field(None, description="whether that answer was right (counted in the live accuracy)")
+    stored: str | None = Field(
+        None,
+        description="where the image was kept in the feedback folder (class/file, for retraining); null when no "
+        "image was kept (no CLASSIFIER_FEEDBACK_DIR, or the image had left the recent-request memory)",
+    )
 
 
 class ErrorDetail(BaseModel):

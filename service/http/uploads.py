@@ -8,8 +8,10 @@ make the server fetch a URL or read an unbounded body.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
-from starlette.datastructures import UploadFile
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
@@ -18,6 +20,8 @@ from service.http.errors import ApiError
 
 SINGLE_FIELD = "image"
 MANY_FIELD = "images"
+LABEL_FIELD = "label"
+M = TypeVar("M", bound=BaseModel)
 RAW_TYPES = ("image/", "application/octet-stream")
 
 
@@ -72,11 +76,45 @@ async def many_images(request: Request, *, max_bytes: int, max_images: int) -> l
     return await _form_files(request, MANY_FIELD, max_bytes=max_bytes, max_files=max_images)
 
 
+async def image_and_label(request: Request, *, max_bytes: int) -> tuple[Upload, str]:
+    """Multipart fields ``image`` (a file) and ``label`` (text)."""
+    kind = media_type(request)
+    if kind != "multipart/form-data":
+        raise _unsupported(kind, f"multipart/form-data with a file in field '{SINGLE_FIELD}' and a field 'label'")
+    form = await _parse_form(request, max_bytes=max_bytes, max_files=1)
+    try:
+        (upload,) = await _files_of(form, SINGLE_FIELD)
+        label = form.get(LABEL_FIELD)
+        if not isinstance(label, str) or not label:
+            raise ApiError(400, "missing_field", f"no text in multipart field '{LABEL_FIELD}': send the true class")
+        return upload, label
+    finally:
+        await form.close()
+
+
+async def read_json(request: Request, model: type[M], *, max_bytes: int) -> M:
+    """The body as ``model``; 400 naming the first problem."""
+    try:
+        return model.model_validate_json(await read_body(request, max_bytes))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise ApiError(400, "bad_request", f"{where}: {first.get('msg')}") from None
+
+
 async def _form_files(request: Request, field: str, *, max_bytes: int, max_files: int) -> list[Upload]:
+    form = await _parse_form(request, max_bytes=max_bytes, max_files=max_files)
+    try:
+        return await _files_of(form, field)
+    finally:
+        await form.close()
+
+
+async def _parse_form(request: Request, *, max_bytes: int, max_files: int) -> FormData:
     body = await read_body(request, max_bytes)
     replay = Request(request.scope, receive=_replay(body))
     try:
-        form = await replay.form(max_files=max_files, max_fields=16)
+        return await replay.form(max_files=max_files, max_fields=16)
     except (MultiPartException, HTTPException) as exc:  # Starlette wraps parser errors in HTTPException
         detail = str(getattr(exc, "detail", exc))
         if "Too many files" in detail:
@@ -84,22 +122,22 @@ async def _form_files(request: Request, field: str, *, max_bytes: int, max_files
         raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({detail})") from exc
     except (ValueError, KeyError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({exc})") from exc
-    try:
-        values = form.getlist(field)
-        if not values:
-            present = ", ".join(sorted(set(form.keys()))) or "none"
-            raise ApiError(400, "missing_field", f"no file in multipart field '{field}' (fields sent: {present})")
-        uploads = []
-        for index, value in enumerate(values):
-            if not isinstance(value, UploadFile):
-                raise ApiError(400, "missing_field", f"field '{field}' must be a file upload, not text", index=index)
-            data = await value.read()
-            if not data:
-                raise ApiError(400, "empty", "the uploaded file is empty (0 bytes)", file=value.filename, index=index)
-            uploads.append(Upload(value.filename, data))
-        return uploads
-    finally:
-        await form.close()
+
+
+async def _files_of(form: FormData, field: str) -> list[Upload]:
+    values = form.getlist(field)
+    if not values:
+        present = ", ".join(sorted(set(form.keys()))) or "none"
+        raise ApiError(400, "missing_field", f"no file in multipart field '{field}' (fields sent: {present})")
+    uploads = []
+    for index, value in enumerate(values):
+        if not isinstance(value, UploadFile):
+            raise ApiError(400, "missing_field", f"field '{field}' must be a file upload, not text", index=index)
+        data = await value.read()
+        if not data:
+            raise ApiError(400, "empty", "the uploaded file is empty (0 bytes)", file=value.filename, index=index)
+        uploads.append(Upload(value.filename, data))
+    return uploads
 
 
 def _replay(body: bytes):

@@ -25,12 +25,15 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
             f"{url}/v1/predict/batch", files=[("images", ("a.jpg", HOPPER))], headers={"X-API-Key": KEY}, timeout=60
         )
         info = httpx.get(f"{url}/v1/model", timeout=60)
+        explain = httpx.post(f"{url}/v1/explain", files=files, timeout=60)
+        feedback = httpx.post(f"{url}/v1/feedback", json={"request_id": "x", "label": "cats"}, timeout=60)
+        explained = httpx.post(f"{url}/v1/explain", files=files, headers={"X-API-Key": KEY}, timeout=60)
         open_paths = [httpx.get(f"{url}{path}", timeout=60).status_code for path in ("/livez", "/readyz", "/metrics")]
         metrics = httpx.get(f"{url}/metrics", timeout=60).text
-    for refused in (missing, wrong, info):
+    for refused in (missing, wrong, info, explain, feedback):
         assert refused.status_code == 401 and refused.json()["error"]["reason"] == "unauthorized"
         assert refused.headers["www-authenticate"].startswith("Bearer")
-    assert bearer.status_code == 200 and header.status_code == 200
+    assert bearer.status_code == 200 and header.status_code == 200 and explained.status_code == 200
     assert open_paths == [200, 200, 200]
-    assert 'image_classifier_rejected_inputs_total{reason="unauthorized"} 3.0' in metrics
+    assert 'image_classifier_rejected_inputs_total{reason="unauthorized"} 5.0' in metrics
     assert KEY not in log.read_text() and KEY[:-1] not in log.read_text()

@@ -180,3 +180,24 @@ def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
     assert len(report["rounds"]["engines"]) == 2
     assert all(len(rounds) == 2 for per_level in report["rounds"]["services"].values() for rounds in per_level.values())
     assert len(list(csv.DictReader((tmp_path / "benchmark.csv").open()))) == 3
+
+
+def test_explain_benchmark_runs_in_a_tiny_configuration(server, tmp_path):
+    """Idle explains of the real photos, then one round of predictions alone and beside explain requests."""
+    result = _run(
+        "-m", "loadtests.explain_bench", "--url", server, "--clients", "2", "--explain-clients", "1",
+        "--seconds", "2", "--rounds", "1", "--repeats", "1", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: the verdict, too noisy to judge in 2 s
+    report = json.loads((tmp_path / "explain.json").read_text())
+    assert report["idle_explain"]["count"] == 4 and report["host"]["cores"]
+    summary = report["summary"]
+    assert summary["predictions_per_s_alone"] > 0 and summary["prediction_failures"] == 0
+    assert summary["explains_per_s"] > 0 and summary["explain_cpu_share"] > 0
+    assert "Host: " in result.stdout and "| predictions alone |" in result.stdout
+    assert (tmp_path / "explain.png").read_bytes().startswith(PNG)
+
+
+def test_explain_benchmark_refuses_bad_settings(tmp_path):
+    result = _run("-m", "loadtests.explain_bench", "--rounds", "0", "--out", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.startswith("error: --clients")

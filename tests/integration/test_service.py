@@ -267,6 +267,13 @@ def test_openapi_page_shows_the_schemas(server):
         "Mahalanobis" in answer["ood_score"]["description"] and "CLASSIFIER_UNKNOWN" in answer["known"]["description"]
     )
     assert schemas["ModelInfo"]["properties"]["unknown"]["enum"] == ["flag", "abstain", "off"]
+    paths = spec["paths"]
+    assert "image/png" in paths["/v1/explain"]["post"]["responses"]["200"]["content"]
+    assert {"heatmap", "overlay_png", "target", "request_id"} <= set(schemas["ExplainResponse"]["properties"])
+    feedback = paths["/v1/feedback"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(feedback)
+    assert feedback["application/json"]["schema"]["required"] == ["request_id", "label"]
+    assert {"404", "409"} <= set(paths["/v1/feedback"]["post"]["responses"])
 
 
 def test_pickle_is_refused_on_the_public_port(server):

@@ -1,4 +1,5 @@
 import logging
+import re
 import shutil
 
 import pytest
@@ -109,3 +110,52 @@ def test_class_without_usable_images(tmp_path):
     (tmp_path / "birds" / "x.txt").write_text("no")
     with pytest.raises(TrainingError, match="no usable images of class\\(es\\) birds"):
         _load(tmp_path)
+
+
+def _extra_load(base, extra):
+    return load_splits(base, val_ratio=0.25, test_ratio=0.2, seed=0, workers=2, extra=extra)
+
+
+def test_extra_data_joins_the_training_split_only(tmp_path):
+    base = make_dataset(tmp_path / "base", per_class=8)
+    extra = make_dataset(tmp_path / "feedback", per_class=3, seed=7)
+    (extra / "cats" / "notes.txt").write_text("not an image")
+    plain, added = _load(base), _extra_load(base, extra)
+    assert added.val == plain.val and added.test == plain.test  # test figures stay comparable
+    assert set(added.train) - set(plain.train) == set(added.extra.samples)
+    assert added.extra.counts == {"cats": 3, "dogs": 3} and not added.extra.dropped
+    assert added.counts()["train"] == {"cats": 9, "dogs": 9}
+    assert added.fingerprint != plain.fingerprint
+
+
+def test_extra_images_identical_to_the_datasets_are_dropped(tmp_path, caplog):
+    base = make_dataset(tmp_path / "base", per_class=8)
+    test_image = _load(base).test[0]
+    extra = tmp_path / "feedback"
+    name = ("cats", "dogs")[test_image.label]
+    (extra / name).mkdir(parents=True)
+    shutil.copy(test_image.path, extra / name / "copy.jpg")
+    with caplog.at_level(logging.WARNING):
+        splits = _extra_load(base, extra)
+    assert splits.extra.dropped == (extra / name / "copy.jpg",) and not splits.extra.samples
+    assert "identical to images of --data" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda base, extra: (extra / "wolves").mkdir(parents=True), "holds class(es) wolves that --data has not"),
+        (lambda base, extra: None, "is not a folder"),
+    ],
+)
+def test_unusable_extra_folders_fail_before_reading_images(tmp_path, setup, message):
+    base = make_dataset(tmp_path / "base", per_class=4)
+    setup(base, tmp_path / "feedback")
+    with pytest.raises(TrainingError, match=re.escape(message)):
+        _extra_load(base, tmp_path / "feedback")
+
+
+def test_extra_folder_inside_the_dataset_is_refused(tmp_path):
+    base = make_dataset(tmp_path / "base", per_class=4)
+    with pytest.raises(TrainingError, match="inside --data"):
+        _extra_load(base, base / "cats")

@@ -28,7 +28,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def test_rules_are_valid():
     result = promtool("check", "rules", "rules.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 17 rules found" in result.stdout
+    assert "SUCCESS: 22 rules found" in result.stdout
 
 
 @needs_promtool
@@ -47,6 +47,21 @@ def test_rules_unit_tests_pass():
             "image_classifier:unknown_ratio:rate15m > 0.2",
             "image_classifier:unknown_ratio:rate15m > 0.6",
             "UnknownRising",
+        ),
+        (
+            "(max by (job) (image_classifier_training_accuracy) - 0.1)",
+            "(max by (job) (image_classifier_training_accuracy) - 0.5)",
+            "LiveAccuracyLow",
+        ),
+        (
+            "max by (job) (image_classifier_feedback_folder_fill) >= 0.95",
+            "max by (job) (image_classifier_feedback_folder_fill) >= 1.5",
+            "FeedbackFolderFull",
+        ),
+        (
+            "image_classifier:feedback_scored:increase6h >= 30",
+            "image_classifier:feedback_scored:increase6h >= 1",
+            "LiveAccuracyLow",
         ),
     ],
 )
@@ -89,6 +104,8 @@ def test_alerts_cover_the_failure_modes():
         "ImageClassifierBatchingCollapsed",
         "ImageClassifierClassDrift",
         "ImageClassifierUnknownRising",
+        "ImageClassifierLiveAccuracyLow",
+        "ImageClassifierFeedbackFolderFull",
     }
     for rule in alerts.values():
         assert rule["labels"]["severity"] in {"page", "ticket"} and rule["annotations"]["summary"]
@@ -109,6 +126,8 @@ def test_dashboard_is_importable_and_shows_what_operators_need():
         "Unknown answers and class drift",
         "OOD score",
         "Predicted class shares vs training",
+        "Live accuracy on feedback",
+        "Feedback and explain",
     } <= titles
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))

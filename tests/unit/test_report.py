@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import torch
+from PIL import Image
 
 from training import report
 
@@ -31,6 +33,21 @@ def test_plots_are_png_files(tmp_path):
     for path in paths:
         data = path.read_bytes()
         assert data.startswith(PNG) and len(data) > 5_000
+
+
+def test_prediction_grid_shows_heatmaps(tmp_path):
+    """The heatmaps are drawn over the images: the grid's pixels change with them."""
+    images, probs, labels = (
+        [torch.zeros(3, 32, 32, dtype=torch.uint8)] * 2,
+        torch.tensor([[0.9, 0.1]] * 2),
+        torch.tensor([0, 0]),
+    )
+    plain = report.plot_prediction_grid(images, probs, labels, ("a", "b"), tmp_path / "plain.png")
+    heat = np.zeros((2, 4, 4), dtype=np.float32)
+    heat[:, :2, :2] = 1.0
+    hot = report.plot_prediction_grid(images, probs, labels, ("a", "b"), tmp_path / "hot.png", heat)
+    a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for p in (plain, hot))
+    assert a.shape == b.shape and np.abs(a - b).max() > 100
 
 
 def test_write_json(tmp_path):
