@@ -1,0 +1,54 @@
+"""The soak's memory verdict: judged on the rise after a warm-up and the second half's slope, not on minute one."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtests.soak import Sample, default_warmup_s, report, rss_verdict
+
+
+def _samples(front, runner=lambda t: 900.0, minutes: float = 40, every_s: float = 10) -> list[Sample]:
+    out = []
+    for k in range(int(minutes * 60 / every_s) + 1):
+        t = k * every_s
+        parts = {"manager": 800.0, "front": front(t), "runner": runner(t)}
+        out += [Sample(t, role, rss) for role, rss in parts.items()]
+        out.append(Sample(t, "total", sum(parts.values())))
+    return out
+
+
+def _steps_then_flat(t: float) -> float:
+    return 800.0 + 20 * (t > 90) + 15 * (t > 320) + 10 * (t > 400)  # steps at 1.5, 5.3 and 6.7 minutes
+
+
+def test_start_up_steps_then_flat_pass():
+    verdict = rss_verdict(_samples(_steps_then_flat), default_warmup_s(40), bound_mib=32, max_slope=0.05)
+    assert verdict["flat"] and verdict["roles"]["front"]["second_half_slope_mib_per_min"] == 0
+    naive = rss_verdict(_samples(_steps_then_flat), 60, bound_mib=32, max_slope=0.05)
+    assert not naive["rise_ok"]  # the rise from minute one would have failed it
+
+
+def test_a_slow_climb_fails_on_the_second_half_slope_even_within_the_bound():
+    verdict = rss_verdict(
+        _samples(_steps_then_flat, runner=lambda t: 900 + 0.3 * t / 60), 600, bound_mib=32, max_slope=0.05
+    )
+    assert verdict["rise_ok"] and not verdict["slopes_ok"] and not verdict["flat"]
+    assert verdict["roles"]["runner"]["second_half_slope_mib_per_min"] == pytest.approx(0.3, abs=1e-3)
+
+
+def test_a_late_jump_fails_on_the_rise():
+    verdict = rss_verdict(_samples(lambda t: 800 + 100 * (t > 1200)), 600, bound_mib=32, max_slope=0.05)
+    assert not verdict["rise_ok"] and not verdict["flat"]
+
+
+def test_the_report_says_what_was_judged():
+    verdict = rss_verdict(_samples(_steps_then_flat), 600, bound_mib=32, max_slope=0.05)
+    load = {"sent": 10, "offered_per_s": 1.0, "ok": 10, "p50_ms": 50, "p99_ms": 90, "max_ms": 99}
+    text = report({"load": load, "rss": verdict, "capacity_req_per_s": 2, "failures": 0, "failure_examples": [],
+                   "passed": True})  # fmt: skip
+    assert "rise after a 600 s warm-up" in text and "second half of the run, from 1200 s" in text
+    assert "second-half slopes: ok" in text and text.endswith("passed")
+
+
+def test_default_warm_up_is_a_third_of_the_run_up_to_ten_minutes():
+    assert default_warmup_s(3) == 60 and default_warmup_s(120) == 600
