@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,9 +31,11 @@ from pydantic import BaseModel
 
 from classifier.contract import ModelContract
 from classifier.imaging import InputError, decode_image
+from service.admission import Admission, Overloaded
 from service.http.errors import ApiError
 from service.http.schemas import ExplainResponse, Prediction
 from service.metrics import metrics
+from service.postprocessing import class_index
 from service.settings import ENV_PREFIX, ServiceSettings
 
 if TYPE_CHECKING:
@@ -100,12 +102,7 @@ def _wants_png(accept: str) -> bool:
 
 def target_index(contract: ModelContract, target: str | None) -> int:
     """The class index of ``?target=`` (-1: the most probable class); 400 when the model has no such class."""
-    if target is None:
-        return -1
-    if target not in contract.class_names:
-        names = ", ".join(contract.class_names[:20])
-        raise ApiError(400, "unknown_label", f"target {target!r} is not one of the model's classes: {names}")
-    return contract.class_names.index(target)
+    return -1 if target is None else class_index(contract.class_names, target, "target")
 
 
 def _busy(message: str) -> Explained:
@@ -120,22 +117,23 @@ def thread_stat(text: str) -> tuple[int, int]:
 
 class ExplainGate:
     """In the front: explain requests in flight, at most what the model runners take (each runs one and queues
-    CLASSIFIER_EXPLAIN_QUEUE), so a request beyond is refused before its body is read."""
+    CLASSIFIER_EXPLAIN_QUEUE), so a request beyond is refused before its body is read. The service's admission
+    gate with no queue of its own: the runners queue."""
 
     def __init__(self, settings: ServiceSettings) -> None:
-        self.capacity = settings.model_workers * (1 + settings.explain_queue)
-        self.in_flight = 0
+        capacity = settings.model_workers * (1 + settings.explain_queue)
+        self.admission = Admission(capacity, max_queue=0, max_wait_s=settings.max_queue_wait_ms / 1000)
 
-    @contextlib.contextmanager
-    def enter(self) -> Iterator[None]:
-        if self.in_flight >= self.capacity:
-            metrics().explain_shed.inc()
-            raise ApiError(503, BUSY, f"{self.in_flight} explain request(s) already in flight; retry shortly")
-        self.in_flight += 1
+    @contextlib.asynccontextmanager
+    async def enter(self) -> AsyncIterator[None]:
         try:
-            yield
-        finally:
-            self.in_flight -= 1
+            async with self.admission.admit(1):
+                yield
+        except Overloaded:  # only admit raises it: the body calls the runner, whose failures are ApiErrors
+            metrics().explain_shed.inc()
+            raise ApiError(
+                503, BUSY, f"{self.admission.in_flight} explain request(s) already in flight; retry shortly"
+            ) from None
 
 
 class Explainer:

@@ -24,11 +24,10 @@ from service.http.errors import ApiError
 from service.http.schemas import FeedbackResponse, Prediction
 from service.http.uploads import Upload
 from service.metrics import FEEDBACK_OUTCOMES, metrics
+from service.postprocessing import class_index
 from service.settings import ENV_PREFIX, ServiceSettings
 
 logger = logging.getLogger(__name__)
-
-_SHOWN_CLASSES = 20
 
 
 @dataclass
@@ -122,7 +121,7 @@ class Feedback:
 
     async def on_answer(self, request_id: str, index: int, label: str) -> FeedbackResponse:
         """The true ``label`` of image ``index`` of request ``request_id``."""
-        self._check_label(label)
+        class_index(self.class_names, label, "label")
         try:
             answer = self.recent.get(request_id, index)
         except KeyError:
@@ -153,7 +152,7 @@ class Feedback:
 
     async def on_image(self, upload: Upload, label: str) -> FeedbackResponse:
         """An image and its true ``label``, stored for retraining."""
-        self._check_label(label)
+        class_index(self.class_names, label, "label")
         if upload.filename is not None and _path_like(upload.filename):
             raise ApiError(400, "bad_filename", f"file name {upload.filename!r} looks like a path; send a plain name")
         if self.folder is None:
@@ -170,14 +169,6 @@ class Feedback:
         stored = await self._store(upload.data, label, image_format, record)
         metrics().feedback.labels(label, "image").inc()
         return FeedbackResponse(label=label, stored=stored)
-
-    def _check_label(self, label: str) -> None:
-        if label not in self.class_names:
-            shown = ", ".join(self.class_names[:_SHOWN_CLASSES])
-            more = (
-                f" and {len(self.class_names) - _SHOWN_CLASSES} more" if len(self.class_names) > _SHOWN_CLASSES else ""
-            )
-            raise ApiError(400, "unknown_label", f"label {label!r} is not one of the model's classes: {shown}{more}")
 
     def _validate(self, data: bytes) -> str:
         decode_image(data, max_pixels=self.max_pixels)

@@ -5,9 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from classifier.contract import ModelContract
+from service.http.errors import ApiError
 from service.http.schemas import ClassScore, Prediction, UnknownPolicy
 
 UNKNOWN_LABEL = "unknown"  # the label of an abstained answer (CLASSIFIER_UNKNOWN=abstain)
+_SHOWN_CLASSES = 20  # class names listed in an error
+
+
+def class_index(class_names: tuple[str, ...], name: str, what: str) -> int:
+    """The index of class ``name``; 400 ``unknown_label`` naming the classes when the model has no such class
+    (``what``: the field it came in, e.g. "label")."""
+    if name not in class_names:
+        shown = ", ".join(class_names[:_SHOWN_CLASSES])
+        more = f" and {len(class_names) - _SHOWN_CLASSES} more" if len(class_names) > _SHOWN_CLASSES else ""
+        raise ApiError(400, "unknown_label", f"{what} {name!r} is not one of the model's classes: {shown}{more}")
+    return class_names.index(name)
 
 
 def to_prediction(

@@ -238,7 +238,7 @@ class ImageClassifier:
         check_api_key(self.settings.api_key, request.headers)
         contract, start = self.model.contract, time.perf_counter()
         index = target_index(contract, target)
-        with self.explain_gate.enter():  # before reading what may be megabytes
+        async with self.explain_gate.enter():  # before reading what may be megabytes
             upload = await single_image(request, max_bytes=self.settings.max_body_bytes)
             explained = await call_model(lambda: self.runner.to_async.explain(upload.data, index))
         explained.raise_for_error(upload.filename)

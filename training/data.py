@@ -92,7 +92,8 @@ def load_splits(
         raise TrainingError(f"--data {root} is a file, not a folder of class sub-folders")
     layout, groups = _discover(root)
     class_names = tuple(sorted(groups["train"]))
-    extra_classes = _extra_classes(Path(extra).expanduser(), root, class_names) if extra is not None else None
+    extra_root = Path(extra).expanduser() if extra is not None else None
+    extra_classes = _extra_classes(extra_root, root, class_names) if extra_root is not None else None
     scanned = {split: _scan(split, by_class, class_names, workers) for split, by_class in groups.items()}
     skipped = tuple(item for result in scanned.values() for item in result[1])
     _warn_skipped(skipped)
@@ -111,8 +112,8 @@ def load_splits(
         train, val = _split(train, val_ratio, seed, "validation")
     val, test = _split(val, test_ratio, seed, "test")
     added = None
-    if extra is not None and extra_classes is not None:
-        added = _extra(Path(extra), extra_classes, class_names, files, workers)
+    if extra_root is not None and extra_classes is not None:
+        added = _extra(extra_root, extra_classes, class_names, files, workers)
     if added is not None:
         train = sorted(train + [(s.path, s.label, "") for s in added.samples])
         fingerprint = hashlib.sha256(f"{fingerprint}\0{added.fingerprint}".encode()).hexdigest()
@@ -158,7 +159,6 @@ def _extra(
     workers: int | None,
 ) -> Extra:
     """Scan the extra folder's images; those identical to the dataset's are dropped."""
-    folder = folder.expanduser()
     scanned, skipped = _scan("extra", by_class, class_names, workers)
     _warn_skipped(tuple(skipped))
     known = {sha for items in files.values() for _, _, sha in items}

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from classifier import __version__
 from service.http.auth import CHALLENGE
-from service.http.errors import ApiError
+from service.http.errors import ApiError, first_problem
 from service.http.request_id import RequestIds
 from service.http.schemas import ErrorDetail, ErrorResponse, FeedbackRequest
 from service.metrics import metrics
@@ -105,6 +105,4 @@ async def _bug(request: Request, exc: Exception) -> JSONResponse:
 
 @api.exception_handler(RequestValidationError)
 async def _invalid_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return await _api_error(request, ApiError(400, "bad_parameter", f"{where}: {first.get('msg')}"))
+    return await _api_error(request, ApiError(400, "bad_parameter", first_problem(exc.errors())))

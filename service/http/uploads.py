@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from service.http.errors import ApiError
+from service.http.errors import ApiError, first_problem
 
 SINGLE_FIELD = "image"
 MANY_FIELD = "images"
@@ -97,9 +97,7 @@ async def read_json(request: Request, model: type[M], *, max_bytes: int) -> M:
     try:
         return model.model_validate_json(await read_body(request, max_bytes))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        raise ApiError(400, "bad_request", f"{where}: {first.get('msg')}") from None
+        raise ApiError(400, "bad_request", first_problem(exc.errors())) from None
 
 
 async def _form_files(request: Request, field: str, *, max_bytes: int, max_files: int) -> list[Upload]:

@@ -87,12 +87,17 @@ def test_a_cancelled_request_frees_its_place_and_a_bad_image_is_an_answer(contra
 
 def test_the_front_refuses_beyond_what_the_runners_take():
     gate = ExplainGate(ServiceSettings.from_env({"CLASSIFIER_MODEL_WORKERS": "2", "CLASSIFIER_EXPLAIN_QUEUE": "1"}))
-    assert gate.capacity == 4
-    with gate.enter(), gate.enter(), gate.enter(), gate.enter():
-        with pytest.raises(ApiError) as refused, gate.enter():
-            pass
-        assert (refused.value.status, refused.value.reason) == (503, BUSY)
-    assert gate.in_flight == 0
+    assert gate.admission.capacity == 4
+
+    async def scenario():
+        async with gate.enter(), gate.enter(), gate.enter(), gate.enter():
+            with pytest.raises(ApiError) as refused:
+                async with gate.enter():
+                    pass
+            assert (refused.value.status, refused.value.reason) == (503, BUSY)
+
+    asyncio.run(scenario())
+    assert gate.admission.in_flight == 0
 
 
 def test_answers_without_an_explanation_become_the_right_error():
