@@ -47,8 +47,9 @@ class GradCam:
         layer = network.backbone.get_submodule(backbone_spec(contract.backbone).cam_layer)
         self._cam = LayerGradCam(lambda images: network(normalize(images)), layer)
 
-    def explain(self, images: torch.Tensor, targets: Sequence[int | None] | None = None) -> Explanation:
+    def explain(self, images: np.ndarray | torch.Tensor, targets: Sequence[int | None] | None = None) -> Explanation:
         """Heatmaps for ``targets`` (class indices; None or a None entry: the most probable class)."""
+        images = torch.as_tensor(images)
         with torch.inference_mode():
             scores = self.serving(images).float()
         top = scores[:, : self.contract.num_classes].argmax(dim=1).tolist()

@@ -19,16 +19,17 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from classifier.contract import ModelContract
-from classifier.preprocessing import fit
+from classifier.device import Device
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -58,34 +59,43 @@ class JpegResult(BaseModel):
     error: str | None = None
 
 
-def decode_batch(
-    datas: list[bytes], contract: ModelContract, device: torch.device
-) -> tuple[torch.Tensor, dict[int, str]]:
+def decode_batch(datas: list[bytes], contract: ModelContract, device: Device) -> tuple[torch.Tensor, dict[int, str]]:
     """JPEG bytes -> uint8 [N, 3, S, S] on ``device``, and {index: error} for the images that failed to decode
     (their rows are zeros). One decode_jpeg call for the batch; per image only if that call fails."""
+    import torch  # here, not above: only this path (the GPU's, or CLASSIFIER_JPEG_DECODE=engine) needs it
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    target = device.to_torch()
     encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
     failed: dict[int, str] = {}
     try:
-        images: list[torch.Tensor | None] = list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+        images: list[torch.Tensor | None] = list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=target))
     except RuntimeError:
-        images = [_decode_one(data, device, i, failed) for i, data in enumerate(encoded)]
+        images = []
+        for i, one in enumerate(encoded):
+            try:
+                images.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=target))
+            except RuntimeError as exc:
+                failed[i] = str(exc).splitlines()[0][:200]
+                logger.info("a JPEG failed to decode: %s", failed[i])
+                images.append(None)
     size = contract.image_size
-    blank = torch.zeros((3, size, size), dtype=torch.uint8, device=device)
-    fitted = [blank if image is None else cast(torch.Tensor, fit(image, contract)) for image in images]
-    return torch.stack(fitted), failed
+    blank = torch.zeros((3, size, size), dtype=torch.uint8, device=target)
+    return torch.stack([blank if image is None else fit_tensor(image, contract) for image in images]), failed
 
 
-def _decode_one(encoded: torch.Tensor, device: torch.device, index: int, failed: dict[int, str]) -> torch.Tensor | None:
-    try:
-        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError as exc:
-        failed[index] = str(exc).splitlines()[0][:200]
-        logger.info("a JPEG failed to decode: %s", failed[index])
-        return None
+def fit_tensor(image: torch.Tensor, contract: ModelContract) -> torch.Tensor:
+    """classifier.preprocessing.fit for a uint8 tensor [3, H, W] on any device, with torchvision."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    interpolation = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+    image = F.resize(image, [contract.resize_size], interpolation=interpolation[contract.interpolation], antialias=True)
+    return F.center_crop(image, [contract.image_size, contract.image_size])
 
 
 def classify_jpegs(
-    datas: list[bytes], contract: ModelContract, device: torch.device, predict: Callable[[torch.Tensor], np.ndarray]
+    datas: list[bytes], contract: ModelContract, device: Device, predict: Callable[[torch.Tensor], np.ndarray]
 ) -> list[JpegResult]:
     """Decode ``datas`` as one batch, run ``predict`` on it, and give each image its result in order."""
     batch, failed = decode_batch(datas, contract, device)

@@ -1,38 +1,50 @@
 """The contract's preprocessing, as pure functions shared by training and serving.
 
-Per image (before batching): decode, resize the shorter side and center-crop, giving a uint8 tensor.
-Scaling and normalisation are part of the network (classifier.network.Normalize), so every engine
-gets the same uint8 images.
+Per image (before batching): decode, resize the shorter side and center-crop, giving uint8 [3, S, S]. Scaling
+and normalisation are part of the network (classifier.network.Normalize), so every engine gets the same uint8
+images. Pillow and numpy only: the CPU service runs it without torch. The geometry is torchvision's
+(``transforms.v2.functional.resize`` then ``center_crop``), which the batched JPEG decoder
+(classifier/jpeg_batch.py) applies to tensors; tests/unit/test_preprocessing.py holds the two together.
 """
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from classifier.contract import ModelContract
 from classifier.imaging import DEFAULT_MAX_PIXELS, decode_image
 
-_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
-def fit(image: Image.Image | torch.Tensor, contract: ModelContract) -> Image.Image | torch.Tensor:
-    """Shorter side to resize_size, then the center image_size square: a PIL image, or a uint8 tensor
-    [3, H, W] on any device (the batched JPEG decoder's output)."""
-    image = F.resize(
-        image, [contract.resize_size], interpolation=_INTERPOLATION[contract.interpolation], antialias=True
-    )
-    return F.center_crop(image, [contract.image_size, contract.image_size])
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``shorter`` and the aspect kept, the longer side truncated."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
 
 
-def resize_and_crop(img: Image.Image, contract: ModelContract) -> torch.Tensor:
-    """RGB image -> uint8 tensor [3, image_size, image_size] as the contract prescribes."""
-    return F.pil_to_tensor(fit(img, contract))
+def center_anchor(width: int, height: int, size: int) -> tuple[int, int]:
+    """(left, top) of the centered ``size`` square in a ``width`` x ``height`` image."""
+    return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
 
 
-def prepare_image(data: bytes, contract: ModelContract, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Encoded image bytes -> uint8 tensor [3, S, S]; raises InputError for unusable input."""
+def fit(img: Image.Image, contract: ModelContract) -> Image.Image:
+    """Shorter side to resize_size (antialiased), then the center image_size square."""
+    size = resized_size(img.width, img.height, contract.resize_size)
+    if size != img.size:
+        img = img.resize(size, resample=_FILTERS[contract.interpolation])
+    left, top = center_anchor(img.width, img.height, contract.image_size)
+    return img.crop((left, top, left + contract.image_size, top + contract.image_size))
+
+
+def resize_and_crop(img: Image.Image, contract: ModelContract) -> np.ndarray:
+    """RGB image -> uint8 array [3, image_size, image_size] as the contract prescribes."""
+    return np.ascontiguousarray(np.asarray(fit(img, contract), dtype=np.uint8).transpose(2, 0, 1))
+
+
+def prepare_image(data: bytes, contract: ModelContract, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> uint8 array [3, S, S]; raises InputError for unusable input."""
     img = decode_image(data, max_pixels=max_pixels, draft_size=contract.resize_size)
     return resize_and_crop(img, contract)

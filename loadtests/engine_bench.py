@@ -47,7 +47,7 @@ def run(
 
     model = describe_model(model_tag)
     files = photo_files(photos)
-    images = np.stack([prepare_image(p.read_bytes(), model.contract).numpy() for p in files])
+    images = np.stack([prepare_image(p.read_bytes(), model.contract) for p in files])
     threads = cpu_threads(threads, workers=1)
     target = pick_device(device)
     names = [name for name in model.engines if target.type in ENGINES[name].devices]

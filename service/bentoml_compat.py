@@ -5,7 +5,8 @@ else, so upgrading BentoML means reading this one module (and running tests/unit
 - the serde of the service-to-service hop (``_bentoml_impl.serde``): ours replaces pickle (service/transport.py);
 - which BentoML service a worker process serves: its ``--service-name`` argument, read from sibling
   processes' command lines for the graceful shutdown and the soak's memory figures;
-- what a failed call to the model runner means (BentoML's error codes, its client's exceptions);
+- what a failed call to the model runner means (BentoML's error codes, its client's exceptions), and whether
+  it is ready (its client's ``is_ready``, as BentoML's own /readyz asks it);
 - the OpenAPI document's title, version and description (BentoML writes its own name, "None" and
   its stock README there);
 - the environment variables that make BentoML stop restarting dead workers (our image must not set them).
@@ -136,6 +137,16 @@ def runner_failure(exc: BaseException) -> RunnerFailure | None:
     if isinstance(exc, aiohttp.ClientError | httpx.HTTPError | OSError | asyncio.TimeoutError):
         return "unreachable"
     return None
+
+
+async def runner_ready(runner: Any, timeout_s: int = 5) -> bool:
+    """Whether the model runner (the front's ``bentoml.depends`` proxy) answers its readiness probe."""
+    try:
+        return bool(await runner.is_ready(timeout=timeout_s))
+    except Exception as exc:  # noqa: BLE001 - the runner's failures mean "not ready"; anything else is re-raised
+        if runner_failure(exc) is None:
+            raise
+        return False
 
 
 # --- the OpenAPI document ---

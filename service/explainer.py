@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib.util
 import logging
 import os
 import threading
@@ -66,6 +67,12 @@ class Explained(BaseModel):
 
 
 BUSY = "explain_busy"
+UNAVAILABLE = "explain_unavailable"
+
+
+def explain_installed() -> bool:
+    """Whether PyTorch and Captum are installed (found, not imported: the front never imports them)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "captum"))
 
 
 def explain_answer(
@@ -123,9 +130,18 @@ class ExplainGate:
     def __init__(self, settings: ServiceSettings) -> None:
         capacity = settings.model_workers * (1 + settings.explain_queue)
         self.admission = Admission(capacity, max_queue=0, max_wait_s=settings.max_queue_wait_ms / 1000)
+        self.available = explain_installed()
 
     @contextlib.asynccontextmanager
     async def enter(self) -> AsyncIterator[None]:
+        """Hold one place while the body runs; ApiError 503 when none is free, 501 where explain is not installed."""
+        if not self.available:
+            raise ApiError(
+                501,
+                UNAVAILABLE,
+                "explain needs PyTorch and Captum, which this server's image leaves out (the CPU image serves "
+                "without torch); run the image built with --build-arg TORCH=cpu (or cuda) for /v1/explain",
+            )
         try:
             async with self.admission.admit(1):
                 yield

@@ -77,13 +77,22 @@ class Predictor:
 
     async def classify(self, uploads: list[Upload], top_k: int | None, *, many: bool) -> list[Prediction]:
         """Predictions in the order sent; ApiError 400 for the first bad image, 503 when over capacity."""
+        _, predictions = await self.classify_with_outputs(uploads, top_k, many=many)
+        return predictions
+
+    async def classify_with_outputs(
+        self, uploads: list[Upload], top_k: int | None, *, many: bool
+    ) -> tuple[np.ndarray, list[Prediction]]:
+        """As classify, with the serving graph's outputs [N, contract.output_width] (probabilities, OOD score)."""
         try:
             async with self.admission.admit(len(uploads)):
                 return await self._classify(uploads, top_k, many)
         except Overloaded as exc:
             raise _shed(exc) from None
 
-    async def _classify(self, uploads: list[Upload], top_k: int | None, many: bool) -> list[Prediction]:
+    async def _classify(
+        self, uploads: list[Upload], top_k: int | None, many: bool
+    ) -> tuple[np.ndarray, list[Prediction]]:
         contract = self.model.contract
         outputs = np.zeros((len(uploads), contract.output_width), dtype=np.float32)  # probabilities, OOD score
         errors: dict[int, ApiError] = {}
@@ -106,7 +115,7 @@ class Predictor:
         unknown = self.settings.unknown
         results = [to_prediction(p, contract, k, u.filename, unknown) for p, u in zip(outputs, uploads, strict=True)]
         self.monitor.observe(results)
-        return results
+        return outputs, results
 
     async def _decode_here(
         self, uploads: list[Upload], indices: list[int], outputs: np.ndarray, errors: dict[int, ApiError], many: bool
@@ -142,14 +151,14 @@ class Predictor:
         """Decode and preprocess in a worker thread; a bad image is a 400 naming the file."""
         start = time.perf_counter()
         try:
-            tensor = await anyio.to_thread.run_sync(
+            image = await anyio.to_thread.run_sync(
                 lambda: prepare_image(upload.data, self.model.contract, max_pixels=self.settings.max_pixels),
                 limiter=self._decode_limiter(),
             )
         except InputError as exc:
             raise ApiError(400, exc.reason, exc.message, file=upload.filename, index=index) from exc
         metrics().preprocess_seconds.observe(time.perf_counter() - start)
-        return tensor.numpy()
+        return image
 
     def _decode_limiter(self) -> anyio.CapacityLimiter:
         """At most CLASSIFIER_DECODE_CONCURRENCY images decode at once, across all requests: decoded

@@ -16,11 +16,10 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import bentoml
 import numpy as np
-import torch
 from fastapi import Query, Request
 from fastapi.responses import Response
 
@@ -29,7 +28,7 @@ from classifier.device import cpu_threads
 from classifier.engines import ENGINES, EngineError, agreement_caveat, make_engine
 from classifier.jpeg_batch import JpegResult, classify_jpegs
 from service import transport
-from service.bentoml_compat import check_version, described_service, service_workers_alive
+from service.bentoml_compat import check_version, described_service, runner_ready, service_workers_alive
 from service.explainer import Explained, Explainer, ExplainGate, explain_answer, target_index
 from service.feedback import Feedback
 from service.http.app import (
@@ -44,6 +43,7 @@ from service.http.app import (
     api,
 )
 from service.http.auth import check_api_key
+from service.http.oip_app import InferenceProtocol, v2
 from service.http.schemas import (
     Batching,
     BatchPredictResponse,
@@ -125,7 +125,10 @@ class ModelRunner:
         model, device = serving.model, serving.device
         self.contract, self.device = model.contract, device
         threads = cpu_threads(settings.inference_threads, workers=settings.model_workers)
-        torch.set_num_threads(threads)  # also for the resizes of batched JPEG decoding next to an ONNX engine
+        if settings.jpeg_decode == "engine":  # batched JPEG decoding's resizes, in torch even next to an ONNX engine
+            import torch
+
+            torch.set_num_threads(threads)
         self.engine = make_engine(
             model,
             serving.engine,
@@ -177,8 +180,10 @@ class ModelRunner:
 
 @bentoml.service(name=FRONT, workers=1, traffic={"timeout": 120}, service_class=described_service(TITLE, DESCRIPTION))
 @bentoml.asgi_app(api, path="/v1")
+@bentoml.asgi_app(v2, path="/")  # its routes all start with /v2; BentoML's own routes are matched first
 class ImageClassifier:
-    """Public endpoints under /v1; BentoML adds /livez, /readyz, /metrics, / and /docs.json."""
+    """Public endpoints under /v1 and the Open Inference Protocol's under /v2; BentoML adds /livez, /readyz,
+    /metrics, / and /docs.json."""
 
     runner = bentoml.depends(ModelRunner)
 
@@ -192,7 +197,6 @@ class ImageClassifier:
         choice = self.settings.jpeg_decode
         on_device = device.type == "cuda" and ENGINES[self.engine].takes_device_tensors
         engine_decodes = choice == "engine" or (choice == "auto" and on_device)
-        torch.set_num_threads(1)  # decoding runs in threads here; leave the cores to the model runner
         on_sigterm(self.settings.graceful_timeout_s)
         # The runner's client exists only once the server's event loop runs: look it up on each call.
         self.predictor = Predictor(
@@ -204,6 +208,9 @@ class ImageClassifier:
         )
         self.feedback_loop = Feedback(self.model, self.settings)
         self.explain_gate = ExplainGate(self.settings)
+        self.oip = InferenceProtocol(
+            self.model, self.settings, self.predictor, self.feedback_loop, lambda: runner_ready(self.runner)
+        )
         metrics()
 
     @api.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=ONE_IMAGE_BODY)
@@ -286,3 +293,35 @@ class ImageClassifier:
             batching=Batching(max_batch_size=_BATCHING.max_batch_size, max_latency_ms=_BATCHING.max_latency_ms),
             limits=Limits(max_body_bytes=s.max_body_bytes, max_pixels=s.max_pixels, max_images=s.max_images),
         )
+
+    # The Open Inference Protocol (service/http/oip_app.py).
+
+    @v2.get("/v2")
+    async def oip_server(self, request: Request) -> dict[str, Any]:
+        """Server metadata: name, version, extensions."""
+        return self.oip.server_metadata(request)
+
+    @v2.get("/v2/health/live")
+    async def oip_live(self) -> Response:
+        return Response(status_code=200)
+
+    @v2.get("/v2/health/ready")
+    async def oip_ready(self) -> Response:
+        return await self.oip.server_ready()
+
+    @v2.get("/v2/models/{name}")
+    @v2.get("/v2/models/{name}/versions/{version}")
+    async def oip_model(self, request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+        """Model metadata: its input (BYTES, the encoded images) and outputs."""
+        return self.oip.model_metadata(request, name, version)
+
+    @v2.get("/v2/models/{name}/ready")
+    @v2.get("/v2/models/{name}/versions/{version}/ready")
+    async def oip_model_ready(self, request: Request, name: str, version: str | None = None) -> Response:
+        return await self.oip.model_ready(request, name, version)
+
+    @v2.post("/v2/models/{name}/infer")
+    @v2.post("/v2/models/{name}/versions/{version}/infer")
+    async def oip_infer(self, request: Request, name: str, version: str | None = None) -> Response:
+        """Classify the images of input "image" (BYTES: base64 strings in JSON, or the binary-data extension)."""
+        return await self.oip.infer(request, name, version)

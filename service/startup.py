@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-
-from classifier.device import pick_device
+from classifier.device import Device, pick_device
 from classifier.engines import choose_engine
 from classifier.store import ModelDescription, describe_model
 from service.postprocessing import UNKNOWN_LABEL
@@ -22,7 +20,7 @@ from service.settings import ENV_PREFIX, ServiceSettings
 @dataclass(frozen=True)
 class Serving:
     model: ModelDescription
-    device: torch.device
+    device: Device
     engine: str
 
 

@@ -71,7 +71,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
-        image = prepare_image(sample.path.read_bytes(), self.contract, max_pixels=TRAINING_MAX_PIXELS)
+        image = torch.from_numpy(prepare_image(sample.path.read_bytes(), self.contract, max_pixels=TRAINING_MAX_PIXELS))
         if self.augment is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(hash((self.seed, self.epoch, index)) & 0xFFFF_FFFF)

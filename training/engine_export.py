@@ -179,7 +179,7 @@ def load_images(paths: list[Path], contract: ModelContract) -> np.ndarray:
     size = contract.image_size
     if not paths:
         return np.zeros((0, 3, size, size), np.uint8)
-    return np.stack([prepare_image(p.read_bytes(), contract, max_pixels=TRAINING_MAX_PIXELS).numpy() for p in paths])
+    return np.stack([prepare_image(p.read_bytes(), contract, max_pixels=TRAINING_MAX_PIXELS) for p in paths])
 
 
 def build_and_compare(

@@ -58,7 +58,7 @@ class RunResult:
 def resolve_device(choice: str) -> torch.device:
     """ "auto" picks CUDA when present, else CPU; an explicit CUDA choice must exist."""
     try:
-        return pick_device(choice)
+        return pick_device(choice).to_torch()
     except (ValueError, RuntimeError) as exc:
         raise TrainingError(f"--device {choice}: {exc}; use auto, cpu, cuda or cuda:N") from None
 
@@ -437,7 +437,7 @@ def _plots(
     heatmaps = None
     if explained is not None:
         predicted = test.probs[shown].argmax(dim=1).tolist()
-        heatmaps = GradCam(explained, contract).explain(torch.stack(images), predicted).heatmaps
+        heatmaps = GradCam(explained, contract).explain(np.stack(images), predicted).heatmaps
     return [
         report.plot_learning_curves(history, metrics["baseline"], output / report.CURVES_FILE),
         report.plot_confusion_matrix(

@@ -65,7 +65,7 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: tuple[str, ...],
 
 
 def plot_prediction_grid(
-    images: list[torch.Tensor],
+    images: list[np.ndarray],
     probs: torch.Tensor,
     labels: torch.Tensor,
     class_names: tuple[str, ...],
@@ -81,7 +81,7 @@ def plot_prediction_grid(
         ax.axis("off")
     for i, (ax, image, p, label) in enumerate(zip(axes.flat, images, probs, labels, strict=False)):  # spare axes blank
         pred = int(p.argmax())
-        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.imshow(image.transpose(1, 2, 0))
         if heatmaps is not None:
             size = image.shape[-1]
             heat = heatmaps[i]

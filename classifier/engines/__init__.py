@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
-
     from classifier.contract import ModelContract
+    from classifier.device import Device
     from classifier.network import ClassifierNet
     from classifier.store import ModelDescription
 
@@ -50,7 +49,7 @@ class BuildRequest:
     """What a builder gets: the model, where to run it, and how."""
 
     model: ModelDescription
-    device: torch.device
+    device: Device
     threads: int
     compile_max_batch: int = 0  # GPU: compile for batch sizes up to this (0: eager)
 
@@ -141,7 +140,7 @@ def with_requirements(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(name for name in ENGINES if name in wanted)
 
 
-def choose_engine(choice: str, device: torch.device, available: tuple[str, ...]) -> str:
+def choose_engine(choice: str, device: Device, available: tuple[str, ...]) -> str:
     """The engine to serve: ``choice`` unless "auto", which means the first engine of (onnx, torch) that the
     model carries and the device runs. Raises EngineError when the choice cannot be served."""
     if choice == "auto":
@@ -163,7 +162,7 @@ def choose_engine(choice: str, device: torch.device, available: tuple[str, ...])
 
 
 def make_engine(
-    model: ModelDescription, name: str, device: torch.device, *, threads: int, compile_max_batch: int = 0
+    model: ModelDescription, name: str, device: Device, *, threads: int, compile_max_batch: int = 0
 ) -> Engine:
     """Build engine ``name`` (as chosen by choose_engine) for ``model``; EngineError if it will not load. Its OOD
     scores come out on PyTorch's scale (see OodContract.score_scales)."""

@@ -42,7 +42,10 @@ def pad_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
 def build(request: BuildRequest) -> TorchEngine:
     compile_max_batch = request.compile_max_batch if request.device.type == "cuda" else 0
     return TorchEngine(
-        load_model(request.model.tag), request.device, threads=request.threads, compile_max_batch=compile_max_batch
+        load_model(request.model.tag),
+        request.device.to_torch(),
+        threads=request.threads,
+        compile_max_batch=compile_max_batch,
     )
 
 

@@ -54,6 +54,7 @@ ONE_IMAGE_BODY = _request_body("image", _FILE, **{"image/*": {"schema": _FILE}})
 EXPLAIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {"schema": _FILE}}, "description": "JSON, or the overlay as PNG"},
     **ERRORS,
+    501: {"model": ErrorResponse, "description": "explain is not installed in this image (no PyTorch)"},
 }
 FEEDBACK_BODY = {
     "requestBody": {

@@ -1,5 +1,5 @@
-"""With CLASSIFIER_API_KEY set, the /v1 endpoints need the key; health and metrics stay open; the key is never
-logged."""
+"""With CLASSIFIER_API_KEY set, the /v1 and /v2 endpoints need the key; health and metrics stay open; the key is
+never logged."""
 
 from __future__ import annotations
 
@@ -28,12 +28,20 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
         explain = httpx.post(f"{url}/v1/explain", files=files, timeout=60)
         feedback = httpx.post(f"{url}/v1/feedback", json={"request_id": "x", "label": "cats"}, timeout=60)
         explained = httpx.post(f"{url}/v1/explain", files=files, headers={"X-API-Key": KEY}, timeout=60)
-        open_paths = [httpx.get(f"{url}{path}", timeout=60).status_code for path in ("/livez", "/readyz", "/metrics")]
+        name = trained_model.split(":")[0]
+        oip = [httpx.get(f"{url}/v2", timeout=60), httpx.get(f"{url}/v2/models/{name}", timeout=60)]
+        oip.append(httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": []}, timeout=60))
+        oip_keyed = httpx.get(f"{url}/v2/models/{name}", headers={"X-API-Key": KEY}, timeout=60)
+        health = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
+        open_paths = [httpx.get(f"{url}{path}", timeout=60).status_code for path in health]
         metrics = httpx.get(f"{url}/metrics", timeout=60).text
     for refused in (missing, wrong, info, explain, feedback):
         assert refused.status_code == 401 and refused.json()["error"]["reason"] == "unauthorized"
         assert refused.headers["www-authenticate"].startswith("Bearer")
+    for refused in oip:  # the protocol's error shape
+        assert refused.status_code == 401 and "API key" in refused.json()["error"]
     assert bearer.status_code == 200 and header.status_code == 200 and explained.status_code == 200
-    assert open_paths == [200, 200, 200]
-    assert 'image_classifier_rejected_inputs_total{reason="unauthorized"} 5.0' in metrics
+    assert oip_keyed.status_code == 200
+    assert open_paths == [200] * 5
+    assert 'image_classifier_rejected_inputs_total{reason="unauthorized"} 8.0' in metrics
     assert KEY not in log.read_text() and KEY[:-1] not in log.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,7 +59,7 @@ def test_train_save_and_reuse_cache(synthetic, tmp_path):
 
     # The saved network, fed by the service's preprocessing, reproduces the reported test accuracy.
     splits = load_splits(synthetic, val_ratio=0.2, test_ratio=0.2, seed=0, workers=2)
-    batch = torch.stack([prepare_image(s.path.read_bytes(), contract) for s in splits.test])
+    batch = torch.from_numpy(np.stack([prepare_image(s.path.read_bytes(), contract) for s in splits.test]))
     with torch.inference_mode():
         preds = ServingNet(loaded.network, contract)(batch)[:, : contract.num_classes].argmax(1)
     labels = torch.tensor([s.label for s in splits.test])

@@ -2,13 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from classifier.device import cpu_threads, pick_device
+from classifier.device import CPU, Device, cpu_threads, pick_device
 from classifier.engines import EngineError, agreement_caveat, choose_engine
 from classifier.engines.torch_engine import TorchEngine, batch_buckets, bucket_for, pad_batch
 from classifier.network import build_classifier
 from classifier.store import LoadedModel
 
-CPU = torch.device("cpu")
 ALL = ("torch", "onnx", "onnx-int8")
 
 
@@ -21,7 +20,7 @@ def test_engine_matches_plain_forward(contract):
         expected = network((torch.from_numpy(batch).float() / 255 - mean) / std).softmax(1).numpy()
     threads = torch.get_num_threads()
     try:
-        engine = TorchEngine(LoadedModel("t:1", contract, network, {}), CPU, threads=1)
+        engine = TorchEngine(LoadedModel("t:1", contract, network, {}), torch.device("cpu"), threads=1)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
@@ -53,8 +52,11 @@ def test_pad_batch_appends_zero_images_and_keeps_the_originals():
 
 
 def test_device_choice():
-    assert pick_device("cpu").type == "cpu"
-    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu") == CPU and str(CPU) == "cpu"
+    assert pick_device("auto") == (Device("cuda", 0) if torch.cuda.is_available() else CPU)
+    assert str(Device("cuda", 1)) == "cuda:1" and Device("cuda", 1).to_torch() == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        pick_device("gpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no such CUDA device"):
             pick_device("cuda")
@@ -79,14 +81,14 @@ def test_cpu_threads_share_cores():
     ],
 )
 def test_engine_choice(choice, device, available, expected):
-    assert choose_engine(choice, torch.device(device), available) == expected
+    assert choose_engine(choice, Device(device), available) == expected
 
 
 def test_engine_choice_refuses_what_cannot_be_served():
     with pytest.raises(EngineError, match="has no model.int8.onnx .*--export onnx-int8"):
         choose_engine("onnx-int8", CPU, ("torch", "onnx"))
     with pytest.raises(EngineError, match="runs on cpu only"):
-        choose_engine("onnx", torch.device("cuda"), ALL)
+        choose_engine("onnx", Device("cuda", 0), ALL)
     with pytest.raises(EngineError, match="unknown engine 'tensorrt'"):
         choose_engine("tensorrt", CPU, ALL)
 

@@ -4,12 +4,14 @@ bounded number wait, the rest are refused at once, and a wait that runs out give
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import threading
 
 import pytest
 
 from classifier.imaging import InputError
-from service.explainer import BUSY, Explained, Explainer, ExplainGate, _wants_png, thread_stat
+from service import explainer
+from service.explainer import BUSY, UNAVAILABLE, Explained, Explainer, ExplainGate, _wants_png, thread_stat
 from service.http.errors import ApiError
 from service.settings import ServiceSettings
 
@@ -98,6 +100,23 @@ def test_the_front_refuses_beyond_what_the_runners_take():
 
     asyncio.run(scenario())
     assert gate.admission.in_flight == 0
+
+
+def test_without_torch_explain_is_a_501_before_anything_is_read(monkeypatch):
+    assert explainer.explain_installed()  # the test environment has torch and captum
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert not explainer.explain_installed()
+    gate = ExplainGate(ServiceSettings.from_env({}))
+
+    async def scenario():
+        with pytest.raises(ApiError) as refused:
+            async with gate.enter():
+                raise AssertionError("the body must not run")
+        assert (refused.value.status, refused.value.reason) == (501, UNAVAILABLE)
+        assert "--build-arg TORCH" in refused.value.message
+
+    asyncio.run(scenario())
 
 
 def test_answers_without_an_explanation_become_the_right_error():

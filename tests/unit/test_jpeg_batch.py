@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from classifier.device import Device
 from classifier.jpeg_batch import JpegResult, batch_decodable, classify_jpegs, decode_batch
 from classifier.preprocessing import prepare_image
 from tests.conftest import ODD_IMAGES
 
-CPU = torch.device("cpu")
+CPU = Device("cpu")
 PHOTOS = sorted((ODD_IMAGES.parents[2] / "loadtests" / "photos").glob("*.jpg"))
 
 
@@ -41,7 +42,7 @@ def test_batch_decoding_matches_the_pillow_path(contract):
     datas = [p.read_bytes() for p in PHOTOS]
     batch, failed = decode_batch(datas, contract, CPU)
     assert failed == {} and batch.shape == (len(datas), 3, 224, 224) and batch.dtype == torch.uint8
-    expected = torch.stack([prepare_image(d, contract) for d in datas])
+    expected = torch.from_numpy(np.stack([prepare_image(d, contract) for d in datas]))
     assert (batch.float() - expected.float()).abs().mean() < 0.5
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
+from classifier.device import CPU
 from classifier.engines import ENGINES, EngineSpec, ExportRequest, make_engine, register, with_requirements
 from classifier.network import build_classifier
 from classifier.store import describe_model, save_model
@@ -42,7 +42,7 @@ def test_a_new_engine_needs_only_a_module_and_a_registry_entry(fake_engine, cont
         save_model("fake-engine-test", network, contract, metadata={}, report={}, engine_files={"fake": exported})
     )
     assert model.engines == ("torch", "fake")
-    engine = make_engine(model, "fake", torch.device("cpu"), threads=1)
+    engine = make_engine(model, "fake", CPU, threads=1)
     assert engine.predict(np.zeros((2, 3, 64, 64), np.uint8)).argmax(1).tolist() == [1, 1]  # the last class
 
 
@@ -62,11 +62,11 @@ def test_an_engine_on_another_ood_scale_is_put_on_pytorchs(fake_engine, contract
     model = describe_model(
         save_model("fake-scale-test", network, scaled, metadata={}, report={}, engine_files={"fake": exported})
     )
-    engine = make_engine(model, "fake", torch.device("cpu"), threads=1)
+    engine = make_engine(model, "fake", CPU, threads=1)
     out = engine.predict(np.zeros((2, 3, 64, 64), np.uint8))
     assert out[:, 2].tolist() == [2.5, 2.5] and out[:, :2].tolist() == [[0.0, 1.0], [0.0, 1.0]]
     assert (engine.name, engine.device) == ("fake", "cpu")
-    assert make_engine(model, "torch", torch.device("cpu"), threads=1).name == "torch"  # no scale: not wrapped
+    assert make_engine(model, "torch", CPU, threads=1).name == "torch"  # no scale: not wrapped
 
 
 def test_the_scale_of_the_engines_precision_is_applied(fake_engine, contract, tmp_path, monkeypatch):
@@ -82,9 +82,23 @@ def test_the_scale_of_the_engines_precision_is_applied(fake_engine, contract, tm
         save_model("fake-precision-test", network, scaled, metadata={}, report={}, engine_files={"fake": exported})
     )
     monkeypatch.setattr(ConstantEngine, "precision", "bfloat16")
-    out = make_engine(model, "fake", torch.device("cpu"), threads=1).predict(np.zeros((1, 3, 64, 64), np.uint8))
+    out = make_engine(model, "fake", CPU, threads=1).predict(np.zeros((1, 3, 64, 64), np.uint8))
     assert out[0, 2] == pytest.approx(0.8)
     monkeypatch.setattr(ConstantEngine, "precision", "float16")  # no scale measured for it: left as it is
-    assert make_engine(model, "fake", torch.device("cpu"), threads=1).predict(np.zeros((1, 3, 64, 64), np.uint8))[
+    assert make_engine(model, "fake", CPU, threads=1).predict(np.zeros((1, 3, 64, 64), np.uint8))[
         0, 2
     ] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("ood_dims", [0, 8])
+def test_the_torch_free_weight_check_knows_the_networks_shapes(contract, ood_dims):
+    """describe_model checks the head's (and OOD module's) shapes without torch; they must be build_network's."""
+    from classifier.contract import OodContract
+    from classifier.network import build_network
+    from classifier.store import outside_backbone_shapes
+
+    if ood_dims:
+        contract = contract.model_copy(update={"ood": OodContract(dims=ood_dims, threshold=1.0, accept_rate=0.95)})
+    state = build_network(contract).state_dict()
+    built = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("backbone.")}
+    assert outside_backbone_shapes(contract) == built

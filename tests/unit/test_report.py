@@ -23,7 +23,7 @@ def test_plots_are_png_files(tmp_path):
         report.plot_learning_curves(_history(), {"loss": 0.7, "accuracy": 0.5}, tmp_path / "curves.png"),
         report.plot_confusion_matrix([[3, 1], [0, 4]], ("a", "b"), tmp_path / "cm.png"),
         report.plot_prediction_grid(
-            [torch.zeros(3, 32, 32, dtype=torch.uint8)] * 3,
+            [np.zeros((3, 32, 32), dtype=np.uint8)] * 3,
             torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]),
             torch.tensor([0, 0, 1]),
             ("a", "b"),
@@ -38,7 +38,7 @@ def test_plots_are_png_files(tmp_path):
 def test_prediction_grid_shows_heatmaps(tmp_path):
     """The heatmaps are drawn over the images: the grid's pixels change with them."""
     images, probs, labels = (
-        [torch.zeros(3, 32, 32, dtype=torch.uint8)] * 2,
+        [np.zeros((3, 32, 32), dtype=np.uint8)] * 2,
         torch.tensor([[0.9, 0.1]] * 2),
         torch.tensor([0, 0]),
     )

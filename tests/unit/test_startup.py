@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
+from classifier.device import CPU
 from classifier.network import build_classifier
 from classifier.store import save_model
 from service.settings import ServiceSettings
@@ -20,7 +20,7 @@ def test_decide_resolves_and_pin_makes_every_worker_read_the_decision(contract, 
         monkeypatch.delenv(var, raising=False)  # restored (here: removed again) after the test
     settings = ServiceSettings.from_env({"CLASSIFIER_MODEL_TAG": "pinned-test:latest", "CLASSIFIER_DEVICE": "cpu"})
     serving = decide(settings)
-    assert (serving.model.tag, serving.device, serving.engine) == (tag, torch.device("cpu"), "torch")  # no graphs
+    assert (serving.model.tag, serving.device, serving.engine) == (tag, CPU, "torch")  # no graphs
     save_model("pinned-test", network, contract, metadata={}, report={})  # a newer version lands meanwhile
     pin(serving)
     assert os.environ["CLASSIFIER_MODEL_TAG"] == tag  # name:version, never :latest

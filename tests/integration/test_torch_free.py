@@ -1,0 +1,27 @@
+"""The CPU service runs without torch: with an ONNX Runtime engine no process of the server loads it."""
+
+from __future__ import annotations
+
+import httpx
+import psutil
+
+from loadtests.servers import serve_process
+from tests.conftest import ODD_IMAGES
+from tests.integration.conftest import SERVER_ENV
+
+
+def _maps_torch(process: psutil.Process) -> bool:
+    with open(f"/proc/{process.pid}/maps") as fh:
+        return "libtorch" in fh.read()
+
+
+def test_no_server_process_loads_torch_on_the_cpu_path(trained_model):
+    with serve_process({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV}) as server:
+        photo = (ODD_IMAGES / "hopper.jpg").read_bytes()
+        assert httpx.post(f"{server.url}/v1/predict", files={"image": ("h.jpg", photo)}, timeout=60).status_code == 200
+        info = httpx.get(f"{server.url}/v1/model", timeout=10).json()
+        assert (info["engine"], info["device"]) == ("onnx", "cpu")
+        manager = psutil.Process(server.process.pid)
+        processes = [manager, *manager.children(recursive=True)]
+        assert len(processes) >= 3  # the manager, the front's worker, the model runner's worker
+        assert [p.cmdline()[-3:] for p in processes if _maps_torch(p)] == []
