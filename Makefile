@@ -31,9 +31,10 @@ run: train
 bento: setup
 	$(BIN)/bentoml build
 
+# An absolute path: BentoML resolves a relative one against / (it tried to write /build/...).
 docker-context: bento
 	mkdir -p build
-	$(BIN)/bentoml export image_classifier:latest build/image_classifier.bento
+	$(BIN)/bentoml export image_classifier:latest $(CURDIR)/build/image_classifier.bento
 
 docker: docker-context
 	docker build -t image-classifier .

@@ -38,3 +38,19 @@ def contract():
         std=(0.229, 0.224, 0.225),
         dropout=0.2,
     )
+
+
+_REPORTS: list[str] = []
+
+
+@pytest.fixture
+def report():
+    """``report(line)``: a figure a test measured (an image's size, say), printed in pytest's summary."""
+    return _REPORTS.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _REPORTS:
+        terminalreporter.section("measured")
+        for line in _REPORTS:
+            terminalreporter.write_line(line)

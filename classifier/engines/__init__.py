@@ -14,6 +14,7 @@ entry in ``_BUILT_IN``. Every engine takes uint8 images [N, 3, S, S] and returns
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,12 @@ class EngineSpec:
     requires: tuple[str, ...] = ()  # engines whose export must run first (their files feed this one's export)
     takes_device_tensors: bool = False  # predict() accepts a tensor already on its device (GPU JPEG decoding)
     summary: str = ""
+    packages: tuple[str, ...] = ()  # the Python packages it imports to serve (the CPU image has no torch)
+
+    @property
+    def installed(self) -> bool:
+        """Whether its packages are installed (found, not imported)."""
+        return all(importlib.util.find_spec(package) is not None for package in self.packages)
 
     @property
     def exportable(self) -> bool:
@@ -103,9 +110,15 @@ _BUILT_IN = (
         ("cpu", "cuda"),
         takes_device_tensors=True,
         summary="PyTorch: the GPU engine (bf16/fp16, optionally compiled), and the CPU fallback",
+        packages=("torch", "torchvision"),
     ),
     EngineSpec(
-        "onnx", "classifier.engines.ort_engine", ("cpu",), file="model.onnx", summary="ONNX Runtime, fp32 graph"
+        "onnx",
+        "classifier.engines.ort_engine",
+        ("cpu",),
+        file="model.onnx",
+        summary="ONNX Runtime, fp32 graph",
+        packages=("onnxruntime",),
     ),
     EngineSpec(
         "onnx-int8",
@@ -114,6 +127,7 @@ _BUILT_IN = (
         file="model.int8.onnx",
         requires=("onnx",),
         summary="ONNX Runtime, statically quantized INT8 copy of the fp32 graph",
+        packages=("onnxruntime",),
     ),
 )
 ENGINES: dict[str, EngineSpec] = {spec.name: spec for spec in _BUILT_IN}
@@ -142,10 +156,12 @@ def with_requirements(names: tuple[str, ...]) -> tuple[str, ...]:
 
 def choose_engine(choice: str, device: Device, available: tuple[str, ...]) -> str:
     """The engine to serve: ``choice`` unless "auto", which means the first engine of (onnx, torch) that the
-    model carries and the device runs. Raises EngineError when the choice cannot be served."""
+    model carries, the device runs and is installed. Raises EngineError when the choice cannot be served."""
     if choice == "auto":
-        preferred = ("onnx", "torch") if device.type == "cpu" else ("torch",)
-        return next(name for name in preferred if name in available)
+        order = ("onnx", "torch") if device.type == "cpu" else ("torch",)
+        preferred = [name for name in order if name in available]  # torch at least: every model has its weights
+        usable = [name for name in preferred if ENGINES[name].installed]
+        choice = usable[0] if usable else preferred[0]  # none installed: the checks below say what is missing
     if choice not in ENGINES:
         raise EngineError(f"unknown engine {choice!r}; choose auto or one of: {', '.join(ENGINES)}")
     if choice not in available:
@@ -158,17 +174,28 @@ def choose_engine(choice: str, device: Device, available: tuple[str, ...]) -> st
             f"engine {choice} runs on {', '.join(ENGINES[choice].devices)} only, not {device}; "
             "choose another engine or device"
         )
+    if not ENGINES[choice].installed:
+        raise EngineError(_not_installed(choice, ", ".join(ENGINES[choice].packages)))
     return choice
+
+
+def _not_installed(engine: str, packages: str) -> str:
+    return (
+        f"engine {engine} needs {packages}, not installed here (the CPU container image leaves torch out: build it "
+        "with --build-arg TORCH=cpu); install it or choose another engine"
+    )
 
 
 def make_engine(
     model: ModelDescription, name: str, device: Device, *, threads: int, compile_max_batch: int = 0
 ) -> Engine:
-    """Build engine ``name`` (as chosen by choose_engine) for ``model``; EngineError if it will not load. Its OOD
-    scores come out on PyTorch's scale (see OodContract.score_scales)."""
-    return on_pytorch_scale(
-        ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch)), model.contract
-    )
+    """Build engine ``name`` (as chosen by choose_engine) for ``model``; EngineError if it will not load (its
+    package not installed included). Its OOD scores come out on PyTorch's scale (see OodContract.score_scales)."""
+    try:
+        engine = ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch))
+    except ImportError as exc:
+        raise EngineError(_not_installed(name, exc.name or str(exc))) from None
+    return on_pytorch_scale(engine, model.contract)
 
 
 def on_pytorch_scale(engine: Engine, contract: ModelContract) -> Engine:

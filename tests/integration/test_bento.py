@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,3 +62,18 @@ def test_the_container_keeps_worker_respawn_on():
     from bentoml.serving import running_inside_container
 
     assert not running_inside_container()  # in the tests' environment too, so test_faults sees respawn
+
+
+def test_the_cpu_image_leaves_torch_out_and_the_torch_images_pin_the_projects_torch():
+    import tomllib
+
+    import yaml
+
+    packages = yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"]
+    names = {re.split(r"[=<>~!\[ ]", package, maxsplit=1)[0] for package in packages}
+    assert names.isdisjoint({"torch", "torchvision", "captum", "matplotlib"})  # the Dockerfile adds them on demand
+    assert {"bentoml", "onnxruntime", "pillow", "numpy"} <= names
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for pin in (d for d in project if d.startswith(("torch==", "torchvision=="))):
+        assert f'"{pin}"' in dockerfile

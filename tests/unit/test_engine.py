@@ -1,3 +1,5 @@
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -82,6 +84,16 @@ def test_cpu_threads_share_cores():
 )
 def test_engine_choice(choice, device, available, expected):
     assert choose_engine(choice, Device(device), available) == expected
+
+
+def test_engines_whose_packages_are_missing_are_not_chosen(monkeypatch):
+    """The CPU container image has no torch: auto takes ONNX Runtime, and torch is refused in one line."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert choose_engine("auto", CPU, ALL) == "onnx"
+    for choice, available in (("auto", ("torch",)), ("torch", ALL)):
+        with pytest.raises(EngineError, match="engine torch needs torch, torchvision, not installed here"):
+            choose_engine(choice, CPU, available)
 
 
 def test_engine_choice_refuses_what_cannot_be_served():
