@@ -3,7 +3,7 @@
 #   make docker-context          # bentoml build + bentoml export -> build/image_classifier.bento
 #   docker build -t image-classifier .                                # CPU, without torch (ONNX Runtime engines)
 #   docker build --build-arg TORCH=cpu -t image-classifier:torch .    # CPU with torch: /v1/explain, the torch engine
-#   docker build --build-arg TORCH=cuda -t image-classifier:cuda .    # GPU (PyTorch's CUDA wheels)
+#   docker build --build-arg TORCH=cuda -t image-classifier:cuda .    # GPU (torch's CUDA build, from PyPI)
 #   docker run --rm -p 3000:3000 image-classifier
 #   docker run --rm --gpus all -p 3000:3000 image-classifier:cuda     (needs the NVIDIA container toolkit)
 #
@@ -29,12 +29,16 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/
     BENTOML_HOME=/home/app/bentoml BENTOML_DO_NOT_TRACK=true BENTOML_PORT=3000
 RUN groupadd --gid 10001 app && useradd --uid 10001 --gid 10001 --create-home app
 COPY --from=bento /opt/requirements.txt /tmp/requirements.txt
-# torch first, from PyTorch's own index (CPU-only or CUDA wheels), so the requirements find it installed.
-RUN python3 -m venv /opt/venv \
+# torch first (cpu: PyTorch's CPU-only wheels; cuda: PyPI's, which are CUDA builds), then the requirements.
+RUN case "${TORCH}" in \
+      none) [ -z "${TORCH_INDEX_URL}" ] || { echo "TORCH_INDEX_URL needs TORCH=cpu or cuda" >&2; exit 1; } ;; \
+      cpu) index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;; \
+      cuda) index="${TORCH_INDEX_URL:-https://pypi.org/simple}" ;; \
+      *) echo "TORCH=${TORCH}: choose none, cpu or cuda" >&2; exit 1 ;; \
+    esac \
+    && python3 -m venv /opt/venv \
     && if [ "${TORCH}" != none ]; then \
-         wheels="$([ "${TORCH}" = cuda ] && echo cu128 || echo cpu)"; \
-         pip install --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/${wheels}}" \
-             "torch==2.14.1" "torchvision==0.29.1" \
+         pip install --index-url "${index}" "torch==2.14.1" "torchvision==0.29.1" \
          && pip install "captum>=0.8" "matplotlib>=3.8"; \
        fi \
     && pip install -r /tmp/requirements.txt \

@@ -2,9 +2,10 @@
 
 Per image (before batching): decode, resize the shorter side and center-crop, giving uint8 [3, S, S]. Scaling
 and normalisation are part of the network (classifier.network.Normalize), so every engine gets the same uint8
-images. Pillow and numpy only: the CPU service runs it without torch. The geometry is torchvision's
-(``transforms.v2.functional.resize`` then ``center_crop``), which the batched JPEG decoder
-(classifier/jpeg_batch.py) applies to tensors; tests/unit/test_preprocessing.py holds the two together.
+images. Pillow and numpy only: the CPU service runs it without torch. It gives, to the pixel, what torchvision's
+``transforms.v2.functional.resize`` then ``center_crop`` give for a PIL image (what training did before; held
+together by tests/unit/test_preprocessing.py); the batched JPEG decoder (classifier/jpeg_batch.py) runs those on
+tensors, within half a grey level on average (tests/unit/test_jpeg_batch.py).
 """
 
 from __future__ import annotations

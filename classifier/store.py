@@ -87,7 +87,8 @@ def _check_weights(tag: str, contract: ModelContract, weights_path: str) -> None
     try:
         with safe_open(weights_path, framework="numpy") as fh:
             found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-            written_for = json.loads((fh.metadata() or {}).get("contract", "{}")).get("backbone", contract.backbone)
+            written = json.loads((fh.metadata() or {}).get("contract", "{}"))
+            written_for = written.get("backbone", contract.backbone) if isinstance(written, dict) else None
     except (OSError, SafetensorError, ValueError) as exc:
         raise ContractError(
             f"model {tag}: {WEIGHTS_FILE} is missing or unreadable ({exc}); retrain or re-import it"

@@ -317,8 +317,8 @@ class ImageClassifier:
 
     @v2.get("/v2/models/{name}/ready")
     @v2.get("/v2/models/{name}/versions/{version}/ready")
-    async def oip_model_ready(self, request: Request, name: str, version: str | None = None) -> Response:
-        return await self.oip.model_ready(request, name, version)
+    async def oip_model_ready(self, name: str, version: str | None = None) -> Response:
+        return await self.oip.model_ready(name, version)
 
     @v2.post("/v2/models/{name}/infer")
     @v2.post("/v2/models/{name}/versions/{version}/infer")

@@ -7,6 +7,7 @@ the model runner can never disagree, even if a newer model lands or a GPU appear
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 
@@ -32,6 +33,11 @@ def decide(settings: ServiceSettings) -> Serving:
         raise ValueError(
             f"{ENV_PREFIX}UNKNOWN=abstain answers {UNKNOWN_LABEL!r}, but model {model.tag} has a class of that "
             f"name; use {ENV_PREFIX}UNKNOWN=flag"
+        )
+    if settings.jpeg_decode == "engine" and importlib.util.find_spec("torch") is None:
+        raise ValueError(
+            f"{ENV_PREFIX}JPEG_DECODE=engine decodes with torchvision, which is not installed here (the CPU container "
+            "image leaves torch out); use auto or front"
         )
     device = pick_device(settings.device)
     return Serving(model, device, choose_engine(settings.engine, device, model.engines))

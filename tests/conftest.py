@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -54,3 +55,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("measured")
         for line in _REPORTS:
             terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The run's model store and caches go with it: a few GB per run, which filled a disk over a day of runs."""
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)

@@ -180,10 +180,10 @@ def choose_engine(choice: str, device: Device, available: tuple[str, ...]) -> st
 
 
 def _not_installed(engine: str, packages: str) -> str:
-    return (
-        f"engine {engine} needs {packages}, not installed here (the CPU container image leaves torch out: build it "
-        "with --build-arg TORCH=cpu); install it or choose another engine"
+    image = (
+        " (the CPU container image leaves it out: build it with --build-arg TORCH=cpu)" if "torch" in packages else ""
     )
+    return f"engine {engine} needs {packages}, not installed here{image}; install it or choose another engine"
 
 
 def make_engine(
@@ -194,7 +194,7 @@ def make_engine(
     try:
         engine = ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch))
     except ImportError as exc:
-        raise EngineError(_not_installed(name, exc.name or str(exc))) from None
+        raise EngineError(_not_installed(name, exc.name or str(exc))) from exc
     return on_pytorch_scale(engine, model.contract)
 
 

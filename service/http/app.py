@@ -4,6 +4,7 @@ that give every failure the one error shape (service/http/errors.py)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -74,36 +75,51 @@ FEEDBACK_BODY = {
 MANY_IMAGES_BODY = _request_body("images", {"type": "array", "items": _FILE})
 
 
-def error_response(exc: ApiError) -> JSONResponse:
-    """The one error shape, counted in the rejected-inputs metric when it is the client's (4xx)."""
+def error_body(exc: ApiError) -> dict[str, Any]:
+    """/v1's error shape: {"error": {"reason", "message", "file", "index"}}."""
+    detail = ErrorDetail(reason=exc.reason, message=exc.message, file=exc.file, index=exc.index)
+    return ErrorResponse(error=detail).model_dump()
+
+
+def error_response(exc: ApiError, body: Callable[[ApiError], dict[str, Any]] = error_body) -> JSONResponse:
+    """The answer to ``exc``: its status, ``body(exc)``, Retry-After on a 503, the challenge on a 401; counted in
+    the rejected-inputs metric when it is the client's (4xx)."""
     if exc.status < 500:
         metrics().rejected.labels(exc.reason).inc()
-    body = ErrorResponse(error=ErrorDetail(reason=exc.reason, message=exc.message, file=exc.file, index=exc.index))
     headers = {503: {"Retry-After": "1"}, 401: CHALLENGE}.get(exc.status)
-    return JSONResponse(body.model_dump(), status_code=exc.status, headers=headers)
+    return JSONResponse(body(exc), status_code=exc.status, headers=headers)
 
 
-api.add_middleware(RequestIds, reject=lambda message: error_response(ApiError(400, "bad_request_id", message)))
+def handle_errors(app: FastAPI, body: Callable[[ApiError], dict[str, Any]]) -> None:
+    """Answer every failure of ``app`` as an ApiError in the shape ``body`` gives, and give every request an id (a
+    malformed X-Request-ID is a 400 ``bad_request_id``). An unexpected exception is a bug: logged, answered 500."""
+
+    def respond(exc: ApiError) -> JSONResponse:
+        return error_response(exc, body)
+
+    app.add_middleware(RequestIds, reject=lambda message: respond(ApiError(400, "bad_request_id", message)))
+
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return respond(exc)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        reason = {405: "method_not_allowed", 404: "not_found"}.get(exc.status_code, "bad_request")
+        return respond(ApiError(exc.status_code, reason, str(exc.detail)))
+
+    async def invalid_parameter(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return respond(ApiError(400, "bad_parameter", first_problem(exc.errors())))
+
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error (a bug) in request %s: %s", getattr(request.state, "request_id", None), exc)
+        return respond(ApiError(500, "internal_error", "unexpected server error; it has been logged"))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_parameter)
+    app.add_exception_handler(Exception, bug)
 
 
-@api.exception_handler(ApiError)
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc)
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    reason = {405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    return await _api_error(request, ApiError(exc.status_code, reason, str(exc.detail)))
-
-
-@api.exception_handler(Exception)
-async def _bug(request: Request, exc: Exception) -> JSONResponse:
-    request_id = getattr(request.state, "request_id", None)
-    logger.exception("unexpected error (a bug) in request %s: %s", request_id, exc)
-    return await _api_error(request, ApiError(500, "internal_error", "unexpected server error; it has been logged"))
-
-
-@api.exception_handler(RequestValidationError)
-async def _invalid_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return await _api_error(request, ApiError(400, "bad_parameter", first_problem(exc.errors())))
+handle_errors(api, error_body)

@@ -112,8 +112,11 @@ def parse_request(body: bytes, header_length: str | None, contract: ModelContrac
         raise _bad(f"input {INPUT!r} must have shape [N] (or [N, 1]), N >= 1; got {tensor.shape}")
     count = tensor.shape[0]
     if count > max_images:
-        raise ApiError(413, "too_many_images", f"{count} images in one request; at most {max_images}")
-    images = _binary_images(tensor, binary) if "binary_data_size" in tensor.parameters else _json_images(tensor)
+        raise ApiError(400, "too_many_images", f"{count} images in one request; at most {max_images}")
+    if "binary_data_size" in tensor.parameters:
+        images = _binary_images(tensor, binary, count)
+    else:
+        images = _json_images(tensor, count)
     if binary and "binary_data_size" not in tensor.parameters:
         raise _bad("the request has binary data after its JSON header, but no input declares binary_data_size")
     if len(images) != count:
@@ -124,35 +127,39 @@ def parse_request(body: bytes, header_length: str | None, contract: ModelContrac
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        length = int(header_length)
-    except ValueError:
-        raise _bad(f"Inference-Header-Content-Length {header_length[:20]!r} is not a number") from None
+    if not header_length.isdigit():
+        raise _bad(f"Inference-Header-Content-Length {header_length[:20]!r} is not a number")
+    length = int(header_length)
     if not 0 < length <= len(body):
         raise _bad(f"Inference-Header-Content-Length {length} does not fit the {len(body)}-byte body")
     return body[:length], body[length:]
 
 
-def _json_images(tensor: Tensor) -> list[bytes]:
+def _json_images(tensor: Tensor, count: int) -> list[bytes]:
     """JSON BYTES elements are strings: here each is an image, base64-encoded (JSON cannot carry raw bytes)."""
     data = tensor.data
     if isinstance(data, list) and all(isinstance(row, list) and len(row) == 1 for row in data):
         data = [row[0] for row in data]  # shape [N, 1], nested
     if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
         raise _bad(f"input {INPUT!r}'s data must be a list of base64 strings (or send it as binary data)")
+    if len(data) != count:
+        raise _bad(f"input {INPUT!r} declares shape {tensor.shape} but holds {len(data)} elements")
     try:
         return [base64.b64decode(item, validate=True) for item in data]
     except (binascii.Error, ValueError):
         raise _bad(f"input {INPUT!r}: an element is not valid base64") from None
 
 
-def _binary_images(tensor: Tensor, binary: bytes) -> list[bytes]:
+def _binary_images(tensor: Tensor, binary: bytes, count: int) -> list[bytes]:
     """The binary-data extension's BYTES: each element a 4-byte little-endian length, then that many bytes."""
     size = tensor.parameters["binary_data_size"]
     if not isinstance(size, int) or size != len(binary) or tensor.data is not None:
         raise _bad(f"input {INPUT!r}: binary_data_size {size!r} does not match the {len(binary)} bytes sent")
-    images, offset = [], 0
+    images: list[bytes] = []
+    offset = 0
     while offset < len(binary):
+        if len(images) == count:  # more elements than the shape says: stop before making more of them
+            raise _bad(f"input {INPUT!r} declares shape {tensor.shape} but holds more elements")
         if offset + 4 > len(binary):
             raise _bad(f"input {INPUT!r}: binary data ends inside an element's length")
         (length,) = struct.unpack_from("<I", binary, offset)

@@ -8,64 +8,34 @@ health endpoints need no key, as /livez and /readyz do not.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.responses import Response
 
 from classifier import __version__
 from classifier.store import ModelDescription
 from service.feedback import Feedback
 from service.http import oip
-from service.http.auth import CHALLENGE, check_api_key
-from service.http.errors import ApiError, first_problem
-from service.http.request_id import RequestIds
+from service.http.app import handle_errors
+from service.http.auth import check_api_key
+from service.http.errors import ApiError
 from service.http.uploads import Upload, read_body
-from service.metrics import metrics
 from service.predictor import Predictor
 from service.settings import ServiceSettings
-
-logger = logging.getLogger("service")
 
 v2 = FastAPI(title="Open Inference Protocol", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
 
 
-def oip_error(exc: ApiError) -> JSONResponse:
-    """The protocol's error shape; a client's error (4xx) is counted as /v1's are."""
-    if exc.status < 500:
-        metrics().rejected.labels(exc.reason).inc()
+def oip_error(exc: ApiError) -> dict[str, str]:
+    """The protocol's error shape; a bad image's index leads the message."""
     where = f"image {exc.index}: " if exc.index is not None else ""
-    headers = {503: {"Retry-After": "1"}, 401: CHALLENGE}.get(exc.status)
-    return JSONResponse({"error": where + exc.message}, status_code=exc.status, headers=headers)
+    return {"error": where + exc.message}
 
 
-v2.add_middleware(RequestIds, reject=lambda message: oip_error(ApiError(400, "bad_request_id", message)))
-
-
-@v2.exception_handler(ApiError)
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return oip_error(exc)
-
-
-@v2.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    reason = {405: "method_not_allowed", 404: "not_found"}.get(exc.status_code, "bad_request")
-    return oip_error(ApiError(exc.status_code, reason, str(exc.detail)))
-
-
-@v2.exception_handler(RequestValidationError)
-async def _invalid_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return oip_error(ApiError(400, "bad_parameter", first_problem(exc.errors())))
-
-
-@v2.exception_handler(Exception)
-async def _bug(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unexpected error (a bug) in request %s: %s", getattr(request.state, "request_id", None), exc)
-    return oip_error(ApiError(500, "internal_error", "unexpected server error; it has been logged"))
+handle_errors(v2, oip_error)
 
 
 class InferenceProtocol:
@@ -88,8 +58,9 @@ class InferenceProtocol:
         return {"name": "transfer-serve", "version": __version__, "extensions": list(oip.EXTENSIONS)}
 
     async def server_ready(self) -> Response:
+        """200 once the model runner is ready; else 400, the protocol's "false" (a 4xx, as Triton answers)."""
         if not await self.runner_ready():
-            raise ApiError(503, "not_ready", "the model is not ready yet")
+            raise ApiError(400, "not_ready", "the model is not ready yet")
         return Response(status_code=200)
 
     def model_metadata(self, request: Request, name: str, version: str | None) -> dict[str, Any]:
@@ -97,8 +68,7 @@ class InferenceProtocol:
         self._check_model(name, version)
         return oip.model_metadata(self.name, self.version, self.model.contract)
 
-    async def model_ready(self, request: Request, name: str, version: str | None) -> Response:
-        check_api_key(self.settings.api_key, request.headers)
+    async def model_ready(self, name: str, version: str | None) -> Response:
         self._check_model(name, version)
         return await self.server_ready()
 
@@ -108,9 +78,9 @@ class InferenceProtocol:
         self._check_model(name, version)
         self.predictor.refuse_if_full()  # before reading what may be megabytes
         body = await read_body(request, self.settings.max_body_bytes)
-        call = oip.parse_request(
-            body, request.headers.get(oip.HEADER_LENGTH), self.model.contract, self.settings.max_images
-        )
+        length, limit = request.headers.get(oip.HEADER_LENGTH), self.settings.max_images
+        # In a thread: decoding megabytes of base64 must not hold up the event loop, and so /v1, meanwhile.
+        call = await anyio.to_thread.run_sync(lambda: oip.parse_request(body, length, self.model.contract, limit))
         uploads = [Upload(None, data) for data in call.images]
         outputs, predictions = await self.predictor.classify_with_outputs(uploads, None, many=True)
         self.feedback.remember(request.state.request_id, uploads, predictions)

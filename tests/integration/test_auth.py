@@ -32,7 +32,7 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
         oip = [httpx.get(f"{url}/v2", timeout=60), httpx.get(f"{url}/v2/models/{name}", timeout=60)]
         oip.append(httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": []}, timeout=60))
         oip_keyed = httpx.get(f"{url}/v2/models/{name}", headers={"X-API-Key": KEY}, timeout=60)
-        health = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
+        health = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", f"/v2/models/{name}/ready")
         open_paths = [httpx.get(f"{url}{path}", timeout=60).status_code for path in health]
         metrics = httpx.get(f"{url}/metrics", timeout=60).text
     for refused in (missing, wrong, info, explain, feedback):
@@ -42,6 +42,6 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
         assert refused.status_code == 401 and "API key" in refused.json()["error"]
     assert bearer.status_code == 200 and header.status_code == 200 and explained.status_code == 200
     assert oip_keyed.status_code == 200
-    assert open_paths == [200] * 5
+    assert open_paths == [200] * 6
     assert 'image_classifier_rejected_inputs_total{reason="unauthorized"} 8.0' in metrics
     assert KEY not in log.read_text() and KEY[:-1] not in log.read_text()

@@ -140,7 +140,7 @@ BAD_REQUESTS = {
         400,
         "classification applies to output 'probabilities'",
     ),
-    "too many images": (_input(shape=[13], data=[base64.b64encode(HOPPER).decode()] * 13), 413, "at most 12"),
+    "too many images": (_input(shape=[13], data=[base64.b64encode(HOPPER).decode()] * 13), 400, "at most 12"),
     "not JSON": (b"{not json", 400, "not a valid inference request"),
 }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import psutil
 
@@ -22,6 +24,10 @@ def test_no_server_process_loads_torch_on_the_cpu_path(trained_model):
         assert httpx.post(f"{server.url}/v1/predict", files={"image": ("h.jpg", photo)}, timeout=60).status_code == 200
         info = httpx.get(f"{server.url}/v1/model", timeout=10).json()
         assert (info["engine"], info["device"]) == ("onnx", "cpu")
+        name = trained_model.split(":")[0]
+        tensor = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(photo).decode()]}
+        infer = httpx.post(f"{server.url}/v2/models/{name}/infer", json={"inputs": [tensor]}, timeout=60)
+        assert infer.status_code == 200 and httpx.get(f"{server.url}/v2/health/ready").status_code == 200
         manager = psutil.Process(server.process.pid)
         processes = [manager, *manager.children(recursive=True)]
         assert len(processes) >= 3  # the manager, the front's worker, the model runner's worker

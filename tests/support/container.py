@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import certifi
+
 from loadtests.servers import REPO
 
 BASE_IMAGE = "localhost/transfer-serve-base:bookworm"
@@ -45,7 +47,7 @@ def make_base_image() -> str:
 
 def _pip_config(folder: Path) -> tuple[Path, list[str]]:
     """A pip.conf for the build (this machine's index and certificate bundle), and the volumes that carry it."""
-    cert = os.environ.get("PIP_CERT") or _pip_setting("global.cert") or "/etc/ssl/certs/ca-certificates.crt"
+    cert = os.environ.get("PIP_CERT") or _pip_setting("global.cert") or certifi.where()  # certifi: pip's own default
     lines = ["[global]", "cert = /etc/ssl/certs/host-ca-certificates.crt"]
     if index := os.environ.get("PIP_INDEX_URL") or _pip_setting("global.index-url"):
         lines.append(f"index-url = {index}")

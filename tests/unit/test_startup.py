@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -49,3 +50,15 @@ def test_a_model_without_an_ood_score_is_served_with_a_warning(contract):
         )
     )
     assert "saved without an out-of-distribution score" in ood_caveat(serving.model)
+
+
+def test_jpeg_decoding_in_the_engine_needs_torch(contract, monkeypatch):
+    """On the CPU image (no torch) CLASSIFIER_JPEG_DECODE=engine stops the server in one line, not in a worker."""
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
+    tag = save_model("jpeg-engine-test", network, contract, metadata={}, report={})
+    settings = {"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_DEVICE": "cpu", "CLASSIFIER_JPEG_DECODE": "engine"}
+    assert decide(ServiceSettings.from_env(settings)).model.tag == tag
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(ValueError, match="CLASSIFIER_JPEG_DECODE=engine decodes with torchvision, which is not"):
+        decide(ServiceSettings.from_env(settings))
