@@ -46,9 +46,12 @@ def image(tmp_path_factory) -> str:
         done = subprocess.run([sys.executable, "-m", "bentoml", *command], cwd=REPO, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
     name = f"localhost/image-classifier-test:{uuid.uuid4().hex[:8]}"
-    container.build_image(bento, name, work)
-    yield name, tag
-    container.podman("rmi", "-f", name, check=False)
+    before = container.dangling_images()
+    try:
+        container.build_image(bento, name, work)
+        yield name, tag
+    finally:  # the image and its build stage: a few runs would otherwise fill a disk
+        container.podman("rmi", "-f", name, *(container.dangling_images() - before), check=False)
 
 
 def _wait_healthy(name: str, deadline_s: float = 240) -> None:

@@ -63,6 +63,11 @@ def _pip_setting(name: str) -> str | None:
     return found.stdout.strip() or None
 
 
+def dangling_images() -> set[str]:
+    """Untagged images, such as the Dockerfile's first stage leaves (800 MB each)."""
+    return set(podman("images", "--quiet", "--no-trunc", "--filter", "dangling=true").stdout.split())
+
+
 def build_image(bento_archive: Path, tag: str, work: Path, *build_args: str) -> None:
     """Build ``tag`` with the project's Dockerfile from an exported Bento, on the local base image."""
     context = work / "context"
