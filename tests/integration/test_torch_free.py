@@ -1,4 +1,5 @@
-"""The CPU service runs without torch: with an ONNX Runtime engine no process of the server loads it."""
+"""The CPU service runs without torch: with an ONNX Runtime engine no process of the server loads it, and the
+manager, which only supervises, loads no engine either."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from tests.conftest import ODD_IMAGES
 from tests.integration.conftest import SERVER_ENV
 
 
-def _maps_torch(process: psutil.Process) -> bool:
+def _maps(process: psutil.Process, library: str) -> bool:
     with open(f"/proc/{process.pid}/maps") as fh:
-        return "libtorch" in fh.read()
+        return library in fh.read()
 
 
 def test_no_server_process_loads_torch_on_the_cpu_path(trained_model):
@@ -31,4 +32,8 @@ def test_no_server_process_loads_torch_on_the_cpu_path(trained_model):
         manager = psutil.Process(server.process.pid)
         processes = [manager, *manager.children(recursive=True)]
         assert len(processes) >= 3  # the manager, the front's worker, the model runner's worker
-        assert [worker_service(p) or "manager" for p in processes if _maps_torch(p)] == []
+        assert [worker_service(p) or "manager" for p in processes if _maps(p, "libtorch")] == []
+        # the manager only supervises: the engine's file is checked at start in a child process (service/startup.py)
+        runners = [p for p in processes if worker_service(p) == "model_runner"]
+        assert runners and all(_maps(p, "onnxruntime") for p in runners)  # the engine runs there
+        assert not _maps(manager, "onnxruntime")
