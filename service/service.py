@@ -60,7 +60,7 @@ from service.postprocessing import default_top_k, to_prediction
 from service.predictor import Predictor, call_model
 from service.settings import ENV_PREFIX, ServiceSettings, SettingsError
 from service.shutdown import on_sigterm
-from service.startup import check_engine, decide, ood_caveat, pin
+from service.startup import decide, ood_caveat, pin
 
 logger = logging.getLogger("service")
 FRONT = "image_classifier"  # the public service's name
@@ -92,7 +92,8 @@ class ModelRunner:
         check_version()
         try:
             serving = decide(settings)
-            check_engine(serving)  # a corrupt or foreign file stops the server here, not in a worker
+            if ENGINES[serving.engine].file:  # a corrupt or foreign file stops the server here, not in a worker
+                make_engine(serving.model, serving.engine, serving.device, threads=1)
         except (ContractError, EngineError, ValueError, ImportError) as exc:  # ImportError: a package not installed
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
-from classifier.contract import ContractError
 from classifier.device import Device, pick_device
-from classifier.engines import ENGINES, EngineError, choose_engine, make_engine
+from classifier.engines import choose_engine
 from classifier.store import ModelDescription, describe_model
 from service.postprocessing import UNKNOWN_LABEL
 from service.settings import ENV_PREFIX, ServiceSettings
@@ -62,31 +59,3 @@ def pin(serving: Serving) -> None:
     os.environ[ENV_PREFIX + "MODEL_TAG"] = serving.model.tag
     os.environ[ENV_PREFIX + "DEVICE"] = str(serving.device)
     os.environ[ENV_PREFIX + "ENGINE"] = serving.engine
-
-
-def check_engine(serving: Serving, timeout_s: float = 600) -> None:
-    """Load the engine's file once, in a child process: a corrupt or foreign file stops the server before any worker
-    starts, and the caller (BentoML's manager, alive as long as the server) never holds the engine's memory.
-    EngineError with the child's one-line reason."""
-    if not ENGINES[serving.engine].file:
-        return
-    args = [sys.executable, "-m", "service.startup", serving.model.tag, serving.engine, str(serving.device)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        raise EngineError(lines[-1] if lines else f"engine {serving.engine} failed to load (exit {done.returncode})")
-
-
-def _load(argv: list[str]) -> int:
-    """``python -m service.startup TAG ENGINE DEVICE``: build the engine once; its error on stderr, exit code 2."""
-    tag, engine, device = argv
-    try:
-        make_engine(describe_model(tag), engine, pick_device(device), threads=1)
-    except (ContractError, EngineError, ValueError) as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_load(sys.argv[1:]))

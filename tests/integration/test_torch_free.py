@@ -1,5 +1,4 @@
-"""The CPU service runs without torch: with an ONNX Runtime engine no process of the server loads it, and the
-manager, which only supervises, loads no engine either."""
+"""The CPU service runs without torch: with an ONNX Runtime engine no process of the server loads it."""
 
 from __future__ import annotations
 
@@ -33,7 +32,5 @@ def test_no_server_process_loads_torch_on_the_cpu_path(trained_model):
         processes = [manager, *manager.children(recursive=True)]
         assert len(processes) >= 3  # the manager, the front's worker, the model runner's worker
         assert [worker_service(p) or "manager" for p in processes if _maps(p, "libtorch")] == []
-        # the manager only supervises: the engine's file is checked at start in a child process (service/startup.py)
         runners = [p for p in processes if worker_service(p) == "model_runner"]
         assert runners and all(_maps(p, "onnxruntime") for p in runners)  # the engine runs there
-        assert not _maps(manager, "onnxruntime")
