@@ -28,6 +28,7 @@ from loadtests.results import check_local
 from loadtests.servers import REPO
 
 HUNG = "hung"  # no answer within the client timeout
+KEEPALIVE_S = 2.0  # seconds an idle client connection is kept for reuse
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,9 @@ async def _offer(
     url: str, phases: Sequence[Phase], bodies: Sequence[bytes], timeout: float, seed: int
 ) -> list[Outcome]:
     rng, photos = random.Random(seed), itertools.cycle(bodies)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    # Idle connections are dropped well before the server's keep-alive timeout (uvicorn's 5 s): at httpx's
+    # default, also 5 s, a request sent on a connection the server is closing fails (a ReadError).
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_S)
     async with httpx.AsyncClient(limits=limits) as client:
         start = time.monotonic()
         tasks: list[asyncio.Task[Outcome]] = []
@@ -173,7 +176,7 @@ def measure_capacity(url: str, bodies: Sequence[bytes], *, clients: int = 16, se
         return done
 
     async def run() -> float:
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None)) as client:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None, keepalive_expiry=KEEPALIVE_S)) as client:
             start = time.monotonic()
             done = await asyncio.gather(*(client_loop(client, start + seconds, i) for i in range(clients)))
             return sum(done) / (time.monotonic() - start)

@@ -9,6 +9,11 @@ one: the total RSS never rises more than --rss-bound-mib above its level at the 
 enough to cover the start-up steps (--warmup-seconds, default a third of the run, at most 10 minutes), and
 every process's RSS grows by at most --max-slope-mib-per-min over the second half of the run (least
 squares). Writes soak.json, soak.csv (RSS samples) and soak.png to --out.
+
+With --trace-memory every server process also traces its Python allocations and glibc's heap
+(loadtests/tracehook): the report adds, per process, the Python heap, malloc's heap in use and held free,
+and the source lines that grew most after the warm-up, and soak-heap.png plots them. Tracing slows the
+server and adds to its memory: judge a release by an untraced run.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
 import threading
 import time
@@ -26,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from loadtests.heap import format_report, heap_report, plot_heap
+from loadtests.host import describe_host, host_line
 from loadtests.openloop import (
     Phase,
     add_run_arguments,
@@ -37,7 +46,7 @@ from loadtests.openloop import (
     summarize,
     timeline,
 )
-from loadtests.servers import serve_process
+from loadtests.servers import REPO, serve_process
 from service.bentoml_compat import worker_service
 
 logger = logging.getLogger("loadtests.soak")
@@ -54,6 +63,18 @@ class Sample:
 def role_of(proc: psutil.Process) -> str:
     """runner, front, or manager (BentoML's process manager, which has no service)."""
     return {"model_runner": "runner", "image_classifier": "front"}.get(worker_service(proc) or "", "manager")
+
+
+def pid_roles(pid: int) -> dict[int, str]:
+    """pid -> role of the process ``pid`` and all its descendants that are alive."""
+    root = psutil.Process(pid)
+    roles = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            roles[proc.pid] = role_of(proc)
+        except psutil.Error:
+            continue
+    return roles
 
 
 def sample_tree(pid: int, t_s: float) -> list[Sample]:
@@ -143,6 +164,12 @@ def rss_verdict(samples: Sequence[Sample], warmup_s: float, bound_mib: float, ma
     return verdict
 
 
+def server_settings(args: argparse.Namespace) -> dict[str, str]:
+    """What the server ran with: the model, and every CLASSIFIER_ and MALLOC_ variable it inherited."""
+    inherited = {k: v for k, v in os.environ.items() if k.startswith(("CLASSIFIER_", "MALLOC_"))}
+    return {"model_tag": args.model_tag, **dict(sorted(inherited.items()))}
+
+
 def plot(samples: Sequence[Sample], latency_rows: list[dict], warmup_s: float, path: Path) -> None:
     import matplotlib
 
@@ -175,6 +202,7 @@ def run(url: str, pid: int, args: argparse.Namespace) -> dict:
     sampler = Sampler(pid, args.sample_seconds)
     sampler.start()
     outcomes = offer(url, [phase], bodies, timeout=args.client_timeout, seed=args.seed)
+    roles = pid_roles(pid)
     samples = sampler.stop()
     (summary,) = summarize(outcomes, [phase])
     warmup_s = args.warmup_seconds if args.warmup_seconds is not None else default_warmup_s(args.minutes)
@@ -186,6 +214,8 @@ def run(url: str, pid: int, args: argparse.Namespace) -> dict:
     plot(samples, timeline(outcomes, window_s=10), warmup_s, args.out / "soak.png")
     failures = summary.sent - summary.ok
     result = {
+        "host": describe_host(),
+        "server_settings": server_settings(args),
         "capacity_req_per_s": round(capacity, 2),
         "load": asdict(summary),
         "failures": failures,
@@ -193,6 +223,9 @@ def run(url: str, pid: int, args: argparse.Namespace) -> dict:
         "rss": verdict,
         "passed": failures == 0 and verdict["flat"],
     }
+    if args.trace_memory:
+        result["heap"] = heap_report(trace_dir(args), roles)
+        plot_heap(trace_dir(args), roles, args.out / "soak-heap.png")
     (args.out / "soak.json").write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
     return result
 
@@ -200,6 +233,8 @@ def run(url: str, pid: int, args: argparse.Namespace) -> dict:
 def report(result: dict) -> str:
     load, rss = result["load"], result["rss"]
     lines = [
+        host_line(result["host"]),
+        f"Server: {', '.join(f'{k}={v}' for k, v in result['server_settings'].items())}",
         f"{load['sent']} requests at {load['offered_per_s']:.1f}/s ({result['capacity_req_per_s']} capacity): "
         f"{load['ok']} ok, {result['failures']} failed {result['failure_examples']}; "
         f"p50 {load['p50_ms']:.0f} ms, p99 {load['p99_ms']:.0f} ms, max {load['max_ms']:.0f} ms",
@@ -215,6 +250,9 @@ def report(result: dict) -> str:
         f"rise after warm-up: {'ok' if rss['rise_ok'] else 'TOO HIGH'}; second-half slopes: "
         f"{'ok' if rss['slopes_ok'] else 'TOO STEEP'}; failures: {result['failures']}"
     )
+    if "heap" in result:
+        lines.append("Traced (warm-up snapshot -> last), per process:")
+        lines.extend(format_report(result["heap"]))
     lines.append("passed" if result["passed"] else "FAILED")
     return "\n".join(lines)
 
@@ -241,14 +279,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest allowed growth of each process's RSS over the second half of the run",
     )
     p.add_argument("--sample-seconds", type=float, default=5.0, help="RSS sampling interval")
+    p.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="trace each server process's Python heap and glibc's heap (slower; for finding growth, not judging it)",
+    )
+    p.add_argument("--trace-seconds", type=float, default=60.0, help="interval of the traces with --trace-memory")
     add_run_arguments(p)
     return p
+
+
+def trace_dir(args: argparse.Namespace) -> Path:
+    return args.out / "trace"
+
+
+def trace_env(args: argparse.Namespace) -> dict[str, str]:
+    """The server's environment for --trace-memory: the hook first on its PYTHONPATH, where to write, when."""
+    folder = trace_dir(args)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    warmup_s = args.warmup_seconds if args.warmup_seconds is not None else default_warmup_s(args.minutes)
+    path = os.pathsep.join(filter(None, [str(REPO / "loadtests" / "tracehook"), os.environ.get("PYTHONPATH")]))
+    return {
+        "PYTHONPATH": path,
+        "SOAK_TRACE_DIR": str(folder.resolve()),
+        "SOAK_TRACE_EVERY_S": str(args.trace_seconds),
+        "SOAK_TRACE_WARMUP_S": str(warmup_s),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
-    with serve_process({"CLASSIFIER_MODEL_TAG": args.model_tag}) as server:
+    env = {"CLASSIFIER_MODEL_TAG": args.model_tag, **(trace_env(args) if args.trace_memory else {})}
+    with serve_process(env) as server:
         result = run(server.url, server.process.pid, args)
     print(report(result))
     return 0 if result["passed"] else 1

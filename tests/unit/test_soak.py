@@ -44,10 +44,12 @@ def test_a_late_jump_fails_on_the_rise():
 def test_the_report_says_what_was_judged():
     verdict = rss_verdict(_samples(_steps_then_flat), 600, bound_mib=32, max_slope=0.05)
     load = {"sent": 10, "offered_per_s": 1.0, "ok": 10, "p50_ms": 50, "p99_ms": 90, "max_ms": 99}
+    host = {"cpu": "Some CPU", "cores": 2, "flags": ["avx2"], "torch": None, "onnxruntime": "1", "bentoml": "1"}
     text = report({"load": load, "rss": verdict, "capacity_req_per_s": 2, "failures": 0, "failure_examples": [],
-                   "passed": True})  # fmt: skip
+                   "passed": True, "host": host, "server_settings": {"model_tag": "m:1"}})  # fmt: skip
     assert "rise after a 600 s warm-up" in text and "second half of the run, from 1200 s" in text
     assert "second-half slopes: ok" in text and text.endswith("passed")
+    assert "Host: Some CPU, 2 cores" in text and "Server: model_tag=m:1" in text
 
 
 def test_default_warm_up_is_a_third_of_the_run_up_to_ten_minutes():
