@@ -84,7 +84,9 @@ def _cpu_seconds(pid: int) -> dict[str, float]:
     return totals
 
 
-def served_speed(model: str, device: str, decode: str, clients: list[int], seconds: float) -> list[dict]:
+def served_speed(
+    model: str, device: str, decode: str, clients: list[int], seconds: float, model_workers: int = 1
+) -> list[dict]:
     """Images/s and the server's CPU ms per image at each client count, with JPEG decoding where ``decode`` says."""
     env = {
         "CLASSIFIER_MODEL_TAG": model,
@@ -93,6 +95,7 @@ def served_speed(model: str, device: str, decode: str, clients: list[int], secon
         "CLASSIFIER_JPEG_DECODE": decode,
         "CLASSIFIER_MAX_BATCH_SIZE": "64",
         "CLASSIFIER_MAX_INFLIGHT_IMAGES": "512",
+        "CLASSIFIER_MODEL_WORKERS": str(model_workers),
     }
     bodies = photo_bodies(PHOTOS)
     rows = []
@@ -106,6 +109,7 @@ def served_speed(model: str, device: str, decode: str, clients: list[int], secon
             rows.append(
                 {
                     "jpeg_decode": decode,
+                    "model_workers": model_workers,
                     "clients": n,
                     "images_per_s": round(rate, 1),
                     **{
@@ -139,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile engine run (minutes)")
     p.add_argument("--clients", default="16,64", help="closed-loop clients of the served runs, comma-separated")
     p.add_argument("--seconds", type=float, default=15.0, help="seconds measured per served level")
+    p.add_argument("--decode", default="auto,front", help="CLASSIFIER_JPEG_DECODE values served, comma-separated")
+    p.add_argument("--model-workers", type=int, default=1, help="model runner processes sharing the device")
     p.add_argument("--out", type=Path, default=Path("runs/gpu"), help="folder for gpu.json and the engine JSONs")
     return p
 
@@ -156,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             model, args.device, args.batch_sizes, args.engine_seconds, False, args.out / "engines.json"
         )
         clients = [int(n) for n in args.clients.split(",")]
-        runs = [served_speed(model, args.device, decode, clients, args.seconds) for decode in ("auto", "front")]
+        runs = [
+            served_speed(model, args.device, decode, clients, args.seconds, args.model_workers)
+            for decode in args.decode.split(",")
+        ]
         result["served"] = [row for rows in runs for row in rows]
         (args.out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
         if not args.no_compile and args.device != "cpu":  # last: compiling takes minutes and may not finish
