@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 from loadtests.host import describe_host, host_line
 from loadtests.openloop import measure_capacity, photo_bodies, setup_logging
+from loadtests.processes import cpu_seconds
 from loadtests.servers import REPO, serve_process
-from loadtests.soak import role_of
 from loadtests.traffic import PHOTOS
 
 logger = logging.getLogger("loadtests.gpu_bench")
@@ -71,19 +70,6 @@ def engine_speed(model: str, device: str, batch_sizes: str, seconds: float, comp
     return json.loads(out.read_text())
 
 
-def _cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds so far of the server's processes, per role (manager, front, runner)."""
-    totals: dict[str, float] = {}
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            times, role = proc.cpu_times(), role_of(proc)
-        except psutil.Error:
-            continue
-        totals[role] = totals.get(role, 0.0) + times.user + times.system
-    return totals
-
-
 def served_speed(
     model: str, device: str, decode: str, clients: list[int], seconds: float, model_workers: int = 1
 ) -> list[dict]:
@@ -102,9 +88,9 @@ def served_speed(
     with serve_process(env, timeout=600) as server:
         for n in clients:
             measure_capacity(server.url, bodies, clients=n, seconds=3)  # warm-up at this concurrency
-            before, client, start = _cpu_seconds(server.process.pid), time.process_time(), time.monotonic()
+            before, client, start = cpu_seconds(server.process.pid), time.process_time(), time.monotonic()
             rate = measure_capacity(server.url, bodies, clients=n, seconds=seconds)
-            elapsed, after = time.monotonic() - start, _cpu_seconds(server.process.pid)
+            elapsed, after = time.monotonic() - start, cpu_seconds(server.process.pid)
             images = max(rate * elapsed, 1)
             rows.append(
                 {

@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -33,7 +32,15 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from loadtests.heap import format_report, heap_report, plot_heap
+from loadtests.heap import (
+    ask_snapshot,
+    format_report,
+    heap_report,
+    plot_heap,
+    trace_env,
+    unknown_pids,
+    wait_for_snapshots,
+)
 from loadtests.host import describe_host, host_line
 from loadtests.openloop import (
     Phase,
@@ -46,8 +53,8 @@ from loadtests.openloop import (
     summarize,
     timeline,
 )
-from loadtests.servers import REPO, serve_process
-from service.bentoml_compat import worker_service
+from loadtests.processes import pid_roles, role_of, tree
+from loadtests.servers import serve_process
 
 logger = logging.getLogger("loadtests.soak")
 MIB = 1024 * 1024
@@ -60,28 +67,10 @@ class Sample:
     rss_mib: float
 
 
-def role_of(proc: psutil.Process) -> str:
-    """runner, front, or manager (BentoML's process manager, which has no service)."""
-    return {"model_runner": "runner", "image_classifier": "front"}.get(worker_service(proc) or "", "manager")
-
-
-def pid_roles(pid: int) -> dict[int, str]:
-    """pid -> role of the process ``pid`` and all its descendants that are alive."""
-    root = psutil.Process(pid)
-    roles = {}
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            roles[proc.pid] = role_of(proc)
-        except psutil.Error:
-            continue
-    return roles
-
-
 def sample_tree(pid: int, t_s: float) -> list[Sample]:
     """RSS of the process ``pid`` and all its descendants, per role and in total."""
     by_role: dict[str, float] = {}
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
+    for proc in tree(pid):
         try:
             role, rss = role_of(proc), proc.memory_info().rss / MIB
         except psutil.Error:  # exited between listing and reading
@@ -93,16 +82,23 @@ def sample_tree(pid: int, t_s: float) -> list[Sample]:
 
 
 class Sampler(threading.Thread):
-    """Samples the tree every ``every_s`` seconds until stopped."""
+    """Samples the tree every ``every_s`` seconds until stopped, noting every process's role as it goes; with
+    ``trace`` (--trace-memory's folder), asks the traced processes for a snapshot once ``warmup_s`` has passed."""
 
-    def __init__(self, pid: int, every_s: float) -> None:
+    def __init__(self, pid: int, every_s: float, warmup_s: float, trace: Path | None) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every_s, self.samples = pid, every_s, []
-        self._stop_event, self._start = threading.Event(), time.monotonic()
+        self.pid, self.every_s, self.warmup_s, self.trace = pid, every_s, warmup_s, trace
+        self.samples: list[Sample] = []
+        self.roles: dict[int, str] = {}  # every process seen, workers replaced during the run included
+        self._stop_event, self._start, self.start_time = threading.Event(), time.monotonic(), time.time()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            self.samples.extend(sample_tree(self.pid, time.monotonic() - self._start))
+            t_s = time.monotonic() - self._start
+            self.samples.extend(sample_tree(self.pid, t_s))
+            self.roles.update(pid_roles(self.pid))
+            if self.trace is not None and t_s >= self.warmup_s:
+                ask_snapshot(self.trace, "warm")
             self._stop_event.wait(self.every_s)
 
     def stop(self) -> list[Sample]:
@@ -166,7 +162,11 @@ def rss_verdict(samples: Sequence[Sample], warmup_s: float, bound_mib: float, ma
 
 def server_settings(args: argparse.Namespace) -> dict[str, str]:
     """What the server ran with: the model, and every CLASSIFIER_ and MALLOC_ variable it inherited."""
-    inherited = {k: v for k, v in os.environ.items() if k.startswith(("CLASSIFIER_", "MALLOC_"))}
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("CLASSIFIER_", "MALLOC_")) and k != "CLASSIFIER_MODEL_TAG"  # --model-tag overrides it
+    }
     return {"model_tag": args.model_tag, **dict(sorted(inherited.items()))}
 
 
@@ -194,18 +194,22 @@ def plot(samples: Sequence[Sample], latency_rows: list[dict], warmup_s: float, p
     plt.close(fig)
 
 
-def run(url: str, pid: int, args: argparse.Namespace) -> dict:
+def run(url: str, pid: int, args: argparse.Namespace) -> tuple[dict, Sampler]:
+    """Measure the capacity, hold the load, judge the memory; writes soak.csv, soak.png and soak.json."""
     bodies = photo_bodies(args.photos)
     capacity = args.capacity or measure_capacity(url, bodies, seconds=args.capacity_seconds)
     phase = Phase("steady", args.minutes * 60, capacity * args.share)
     logger.info("capacity %.1f req/s; soaking at %.1f req/s for %g min", capacity, phase.rate, args.minutes)
-    sampler = Sampler(pid, args.sample_seconds)
+    warmup_s = args.warmup_seconds if args.warmup_seconds is not None else default_warmup_s(args.minutes)
+    trace = trace_dir(args) if args.trace_memory else None
+    sampler = Sampler(pid, args.sample_seconds, warmup_s, trace)
     sampler.start()
     outcomes = offer(url, [phase], bodies, timeout=args.client_timeout, seed=args.seed)
-    roles = pid_roles(pid)
+    if trace is not None:
+        ask_snapshot(trace, "last")
+        wait_for_snapshots(trace, list(pid_roles(pid)), "last", timeout_s=120)
     samples = sampler.stop()
     (summary,) = summarize(outcomes, [phase])
-    warmup_s = args.warmup_seconds if args.warmup_seconds is not None else default_warmup_s(args.minutes)
     verdict = rss_verdict(samples, warmup_s, args.rss_bound_mib, args.max_slope_mib_per_min)
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "soak.csv").open("w") as f:
@@ -223,18 +227,30 @@ def run(url: str, pid: int, args: argparse.Namespace) -> dict:
         "rss": verdict,
         "passed": failures == 0 and verdict["flat"],
     }
-    if args.trace_memory:
-        result["heap"] = heap_report(trace_dir(args), roles)
-        plot_heap(trace_dir(args), roles, args.out / "soak-heap.png")
-    (args.out / "soak.json").write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
-    return result
+    write_json(result, args.out)
+    return result, sampler
+
+
+def write_json(result: dict, out: Path) -> None:
+    (out / "soak.json").write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
+
+
+def add_heap(result: dict, sampler: Sampler, args: argparse.Namespace) -> None:
+    """--trace-memory: the traced figures per process into the result and soak.json, and soak-heap.png.
+    Run once the server has stopped, so no trace is still being written."""
+    trace = trace_dir(args)
+    result["heap"] = heap_report(trace, sampler.roles, sampler.start_time)
+    plot_heap(trace, sampler.roles, sampler.start_time, args.out / "soak-heap.png")
+    if unknown := unknown_pids(trace, sampler.roles):
+        logger.warning("traced processes the soak never saw in the server's tree, left out: %s", unknown)
+    write_json(result, args.out)
 
 
 def report(result: dict) -> str:
     load, rss = result["load"], result["rss"]
     lines = [
-        host_line(result["host"]),
-        f"Server: {', '.join(f'{k}={v}' for k, v in result['server_settings'].items())}",
+        host_line(result["host"]) if "host" in result else "Host: not recorded",
+        f"Server: {', '.join(f'{k}={v}' for k, v in result.get('server_settings', {}).items())}",
         f"{load['sent']} requests at {load['offered_per_s']:.1f}/s ({result['capacity_req_per_s']} capacity): "
         f"{load['ok']} ok, {result['failures']} failed {result['failure_examples']}; "
         f"p50 {load['p50_ms']:.0f} ms, p99 {load['p99_ms']:.0f} ms, max {load['max_ms']:.0f} ms",
@@ -293,27 +309,16 @@ def trace_dir(args: argparse.Namespace) -> Path:
     return args.out / "trace"
 
 
-def trace_env(args: argparse.Namespace) -> dict[str, str]:
-    """The server's environment for --trace-memory: the hook first on its PYTHONPATH, where to write, when."""
-    folder = trace_dir(args)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    warmup_s = args.warmup_seconds if args.warmup_seconds is not None else default_warmup_s(args.minutes)
-    path = os.pathsep.join(filter(None, [str(REPO / "loadtests" / "tracehook"), os.environ.get("PYTHONPATH")]))
-    return {
-        "PYTHONPATH": path,
-        "SOAK_TRACE_DIR": str(folder.resolve()),
-        "SOAK_TRACE_EVERY_S": str(args.trace_seconds),
-        "SOAK_TRACE_WARMUP_S": str(warmup_s),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
-    env = {"CLASSIFIER_MODEL_TAG": args.model_tag, **(trace_env(args) if args.trace_memory else {})}
+    env = {"CLASSIFIER_MODEL_TAG": args.model_tag}
+    if args.trace_memory:
+        env.update(trace_env(trace_dir(args), args.trace_seconds))
     with serve_process(env) as server:
-        result = run(server.url, server.process.pid, args)
+        result, sampler = run(server.url, server.process.pid, args)
+    if args.trace_memory:
+        add_heap(result, sampler, args)
     print(report(result))
     return 0 if result["passed"] else 1
 

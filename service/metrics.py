@@ -14,7 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 PREFIX = "image_classifier"
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-SHED_REASONS = ("queue_full", "queue_timeout", "batching_budget")
+SHED_REASONS = ("queue_full", "queue_timeout", "body_budget", "batching_budget")
 FEEDBACK_OUTCOMES = ("correct", "wrong", "image")  # by request id: was the answer right; or an uploaded image
 _CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # OOD scores: about 1 for a typical training image; thresholds fall around 1.5-3.
@@ -38,6 +38,7 @@ class ServiceMetrics:
     shed: Counter
     admitted_images: Gauge
     queued_requests: Gauge
+    held_body_bytes: Gauge
     explain_seconds: Histogram
     explain_cpu_seconds: Counter
     explain_shed: Counter
@@ -114,7 +115,7 @@ def metrics() -> ServiceMetrics:
         shed=Counter(
             f"{PREFIX}_shed_requests",
             "Requests refused with 503 because the server was at capacity, by reason "
-            "(queue_full, queue_timeout, batching_budget).",
+            "(queue_full, queue_timeout, body_budget, batching_budget).",
             ["reason"],
         ),
         admitted_images=Gauge(
@@ -125,6 +126,11 @@ def metrics() -> ServiceMetrics:
         queued_requests=Gauge(
             f"{PREFIX}_queued_requests",
             "Requests waiting for admission.",
+            multiprocess_mode="livesum",
+        ),
+        held_body_bytes=Gauge(
+            f"{PREFIX}_held_body_bytes",
+            "Bytes of request bodies held by the front, from before each is read until it is answered.",
             multiprocess_mode="livesum",
         ),
         explain_seconds=Histogram(

@@ -12,10 +12,11 @@ The model service's methods are passed in, so all of this runs without a server 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import anyio
@@ -25,7 +26,7 @@ from classifier.imaging import InputError
 from classifier.jpeg_batch import JpegResult, batch_decodable
 from classifier.preprocessing import prepare_image
 from classifier.store import ModelDescription
-from service.admission import Admission, Overloaded
+from service.admission import Admission, BodyBudget, Overloaded
 from service.bentoml_compat import runner_failure
 from service.http.errors import ApiError
 from service.http.schemas import Prediction
@@ -69,11 +70,23 @@ class Predictor:
         self.admission = Admission(
             settings.inflight_capacity, settings.max_queue, settings.max_queue_wait_ms / 1000, observe=observe
         )
+        self.bodies = BodyBudget(settings.max_inflight_body_bytes, observe=m.held_body_bytes.set)
 
-    def refuse_if_full(self) -> None:
-        """503 at once, before the request's body is read, when the admission queue is already full."""
+    @contextlib.contextmanager
+    def receiving(self, headers: Mapping[str, str]) -> Iterator[None]:
+        """Around reading a request's body and answering it: 503 at once, before the body is read, when the
+        admission queue is full or its bytes do not fit the body budget (its Content-Length, or the body
+        limit when it declares none)."""
         if self.admission.full:
             raise _shed(Overloaded("queue_full", "the server is at capacity; retry shortly"))
+        declared = headers.get("content-length", "")
+        limit = self.settings.max_body_bytes
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.bodies.hold(min(int(declared), limit) if declared.isdigit() else limit))
+            except Overloaded as exc:
+                raise _shed(exc) from None
+            yield
 
     async def classify(self, uploads: list[Upload], top_k: int | None, *, many: bool) -> list[Prediction]:
         """Predictions in the order sent; ApiError 400 for the first bad image, 503 when over capacity."""

@@ -217,9 +217,9 @@ class ImageClassifier:
     async def predict(self, request: Request, top_k: int | None = Query(None, ge=1)) -> PredictResponse:
         """Classify one image: a multipart file in field `image`, or the raw body with an image/* type."""
         check_api_key(self.settings.api_key, request.headers)
-        self.predictor.refuse_if_full()  # before reading what may be megabytes
-        upload = await single_image(request, max_bytes=self.settings.max_body_bytes)
-        (result,) = await self.predictor.classify([upload], top_k, many=False)
+        with self.predictor.receiving(request.headers):  # before reading what may be megabytes
+            upload = await single_image(request, max_bytes=self.settings.max_body_bytes)
+            (result,) = await self.predictor.classify([upload], top_k, many=False)
         request_id = request.state.request_id
         self.feedback_loop.remember(request_id, [upload], [result])
         return PredictResponse(model=self.model.tag, request_id=request_id, **result.model_dump())
@@ -228,11 +228,11 @@ class ImageClassifier:
     async def predict_batch(self, request: Request, top_k: int | None = Query(None, ge=1)) -> BatchPredictResponse:
         """Classify several images (multipart files in field `images`); results in the order sent."""
         check_api_key(self.settings.api_key, request.headers)
-        self.predictor.refuse_if_full()
-        uploads = await many_images(
-            request, max_bytes=self.settings.max_body_bytes, max_images=self.settings.max_images
-        )
-        results = await self.predictor.classify(uploads, top_k, many=True)
+        with self.predictor.receiving(request.headers):
+            uploads = await many_images(
+                request, max_bytes=self.settings.max_body_bytes, max_images=self.settings.max_images
+            )
+            results = await self.predictor.classify(uploads, top_k, many=True)
         request_id = request.state.request_id
         self.feedback_loop.remember(request_id, uploads, results)
         return BatchPredictResponse(model=self.model.tag, request_id=request_id, results=results)

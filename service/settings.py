@@ -76,6 +76,13 @@ class ServiceSettings(BaseSettings):
         "least max_images",
     )
     max_queue: int = Field(64, ge=0, description="requests waiting for admission; more are shed at once with 503")
+    max_inflight_body_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024,
+        description="request body bytes held at once per front worker, from before a body is read until its "
+        "answer (its Content-Length, or max_body_bytes without one); a request that does not fit is shed at "
+        "once with 503",
+    )
     max_queue_wait_ms: int = Field(
         2_000,
         ge=1,

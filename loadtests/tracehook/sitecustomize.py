@@ -2,12 +2,13 @@
 
 Python imports ``sitecustomize`` at start-up from the first folder on ``sys.path`` that has one; the soak
 puts this folder first on the server's PYTHONPATH, so BentoML's manager and every worker it spawns load
-it. With SOAK_TRACE_DIR set, each process traces its Python allocations (tracemalloc, one frame) and every
-SOAK_TRACE_EVERY_S seconds (default 60) appends a line to ``<pid>.jsonl``: its RSS, the traced Python heap
-and glibc's malloc statistics (mallinfo2), so a growing RSS can be told apart as Python objects, memory the
-allocator holds but does not use, or memory outside malloc. It keeps two tracemalloc snapshots: the first
-taken after SOAK_TRACE_WARMUP_S seconds of the process's life (``<pid>-warm.snap``, its line marked
-``warm``) and the latest (``<pid>-last.snap``), so the disk use stays flat however long the run.
+it (and not the interpreter's own sitecustomize, if it has one). With SOAK_TRACE_DIR set, each process
+traces its Python allocations (tracemalloc, one frame) and every SOAK_TRACE_EVERY_S seconds (default 60)
+appends a line to ``<pid>.jsonl``: wall time, RSS, the traced Python heap, tracemalloc's own overhead and
+glibc's malloc figures (mallinfo2, all arenas). It takes a tracemalloc snapshot only when the soak asks,
+by creating a file in the folder: ``warm`` at the end of the warm-up (``<pid>-warm.snap``) and ``last``
+at the end of the load (``<pid>-last.snap``), the lines marked so. Two snapshots in a run: a snapshot is as
+large as the traced heap, and one taken every minute would be the growth it was meant to explain.
 Without SOAK_TRACE_DIR it does nothing.
 """
 
@@ -15,10 +16,14 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import threading
 import time
 import tracemalloc
+from typing import Any
+
+POLL_S = 1.0  # how soon a trigger file is noticed
 
 
 class _MallInfo2(ctypes.Structure):
@@ -29,16 +34,13 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
-def _mallinfo() -> dict[str, int]:
-    """glibc's heap figures in bytes: from the system (arena: sbrk/arena heaps, hblkhd: mmapped chunks),
-    in use (uordblks) and free but held (fordblks); empty where mallinfo2 is missing (glibc < 2.33, musl)."""
+def _mallinfo2() -> Any:
     try:
         fn = ctypes.CDLL(None).mallinfo2
-    except (AttributeError, OSError):
-        return {}
+    except (AttributeError, OSError):  # glibc before 2.33, or musl
+        return None
     fn.restype = _MallInfo2
-    info = fn()
-    return {name: int(getattr(info, name)) for name in ("arena", "hblkhd", "uordblks", "fordblks")}
+    return fn
 
 
 def _rss_bytes() -> int:
@@ -46,22 +48,55 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _dump_forever(folder: str, every_s: float, warmup_s: float) -> None:
-    pid, start, warm = os.getpid(), time.monotonic(), False
-    while True:
-        time.sleep(every_s)
-        t_s = time.monotonic() - start
-        snapshot = tracemalloc.take_snapshot()
-        # Written aside and renamed, so a reader never loads a half-written snapshot.
-        partial = os.path.join(folder, f"{pid}-last.snap.partial")
-        snapshot.dump(partial)
-        os.replace(partial, os.path.join(folder, f"{pid}-last.snap"))
-        line = {"t_s": round(t_s, 1), "rss": _rss_bytes(), "traced": tracemalloc.get_traced_memory()[0]}
-        if not warm and t_s >= warmup_s:
-            snapshot.dump(os.path.join(folder, f"{pid}-warm.snap"))
-            warm = line["warm"] = True
-        with open(os.path.join(folder, f"{pid}.jsonl"), "a") as f:
-            f.write(json.dumps({**line, **_mallinfo()}) + "\n")
+class _Tracer:
+    def __init__(self, folder: str, every_s: float) -> None:
+        self.folder, self.every_s, self.pid = folder, every_s, os.getpid()
+        self.mallinfo2, self.taken = _mallinfo2(), set()
+
+    def line(self) -> dict:
+        """Wall time, RSS, the traced heap and tracemalloc's overhead; malloc's figures in bytes where known:
+        from the system in arenas (arena) and in mmapped chunks (hblkhd), in use (uordblks), free (fordblks)."""
+        out = {
+            "time": round(time.time(), 1),
+            "rss": _rss_bytes(),
+            "traced": tracemalloc.get_traced_memory()[0],
+            "tracemalloc_overhead": tracemalloc.get_tracemalloc_memory(),
+        }
+        if self.mallinfo2 is not None:
+            info = self.mallinfo2()
+            out.update({name: int(getattr(info, name)) for name in ("arena", "hblkhd", "uordblks", "fordblks")})
+        return out
+
+    def asked(self) -> list[str]:
+        """The snapshots the soak asks for (its trigger files) and this process has not taken yet."""
+        return [n for n in ("warm", "last") if n not in self.taken and os.path.exists(os.path.join(self.folder, n))]
+
+    def snapshot(self, name: str) -> None:
+        path = os.path.join(self.folder, f"{self.pid}-{name}.snap")
+        tracemalloc.take_snapshot().dump(path + ".partial")  # the snapshot is freed at once
+        os.replace(path + ".partial", path)  # a reader never loads a half-written snapshot
+        self.taken.add(name)
+
+    def run(self) -> None:
+        next_line = time.monotonic() + self.every_s
+        while True:
+            time.sleep(POLL_S)
+            try:
+                names = self.asked()
+                if not names and time.monotonic() < next_line:
+                    continue
+                # A snapshot's memory, freed, stays with malloc: the warm line is read after its snapshot and
+                # the last line before its own, so the change between them is the server's, not the tracer's.
+                if "warm" in names:
+                    self.snapshot("warm")
+                with open(os.path.join(self.folder, f"{self.pid}.jsonl"), "a") as f:
+                    f.write(json.dumps(self.line() | {name: True for name in names}) + "\n")
+                if "last" in names:  # after its line: once the last snapshot exists, every line is written
+                    self.snapshot("last")
+                next_line = max(next_line, time.monotonic()) if names else next_line + self.every_s
+            except Exception:  # a broken trace must not go unnoticed, nor stop the server
+                logging.getLogger("soak.trace").exception("memory trace of pid %d failed; tracing stops", self.pid)
+                return
 
 
 def _start() -> None:
@@ -69,9 +104,8 @@ def _start() -> None:
     if not folder:
         return
     tracemalloc.start(1)
-    every_s = float(os.environ.get("SOAK_TRACE_EVERY_S", "60"))
-    warmup_s = float(os.environ.get("SOAK_TRACE_WARMUP_S", "600"))
-    threading.Thread(target=_dump_forever, args=(folder, every_s, warmup_s), daemon=True, name="soak-trace").start()
+    tracer = _Tracer(folder, float(os.environ.get("SOAK_TRACE_EVERY_S", "60")))
+    threading.Thread(target=tracer.run, daemon=True, name="soak-trace").start()
 
 
 _start()

@@ -76,13 +76,13 @@ class InferenceProtocol:
         """POST /v2/models/{name}[/versions/{version}]/infer: classify the request's images."""
         check_api_key(self.settings.api_key, request.headers)
         self._check_model(name, version)
-        self.predictor.refuse_if_full()  # before reading what may be megabytes
-        body = await read_body(request, self.settings.max_body_bytes)
-        length, limit = request.headers.get(oip.HEADER_LENGTH), self.settings.max_images
-        # In a thread: decoding megabytes of base64 must not hold up the event loop, and so /v1, meanwhile.
-        call = await anyio.to_thread.run_sync(lambda: oip.parse_request(body, length, self.model.contract, limit))
-        uploads = [Upload(None, data) for data in call.images]
-        outputs, predictions = await self.predictor.classify_with_outputs(uploads, None, many=True)
+        with self.predictor.receiving(request.headers):  # before reading what may be megabytes
+            body = await read_body(request, self.settings.max_body_bytes)
+            length, limit = request.headers.get(oip.HEADER_LENGTH), self.settings.max_images
+            # In a thread: decoding megabytes of base64 must not hold up the event loop, and so /v1, meanwhile.
+            call = await anyio.to_thread.run_sync(lambda: oip.parse_request(body, length, self.model.contract, limit))
+            uploads = [Upload(None, data) for data in call.images]
+            outputs, predictions = await self.predictor.classify_with_outputs(uploads, None, many=True)
         self.feedback.remember(request.state.request_id, uploads, predictions)
         content, headers = oip.encode_response(
             call, outputs, predictions, name=self.name, version=self.version, contract=self.model.contract

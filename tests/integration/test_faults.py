@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +19,8 @@ import psutil
 import pytest
 
 from loadtests.openloop import Phase, measure_capacity, offer, photo_bodies, summarize
+from loadtests.processes import role_of
 from loadtests.servers import REPO, RunningServer, serve_process
-from loadtests.soak import role_of
 
 pytestmark = pytest.mark.slow
 PHOTOS = photo_bodies(REPO / "loadtests" / "photos")
@@ -227,3 +228,36 @@ def test_past_the_graceful_timeout_the_server_exits_anyway(slow_model):
     assert "graceful shutdown took over 1 s" in log
     assert answers.count(200) < requests, (answers, one_s)  # the work that could not finish in time was cut off
     assert exited_after < 30  # the timeout (1 s) and the forced exit (5 s later at most), with a margin
+
+
+def _until(condition: Callable[[], bool], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_body_that_does_not_fit_beside_those_held_is_shed_before_it_is_read(slow_model):
+    with start(slow_model, CLASSIFIER_MAX_INFLIGHT_BODY_BYTES=str(1024 * 1024)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        slow = socket.create_connection((host, int(port)), timeout=60)  # declares 1 MB, sends 1 KB, waits
+        slow.sendall(
+            f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: 1000000\r\n\r\n".encode()
+            + PHOTOS[0][:1024]
+        )
+        try:
+            assert _until(lambda: metric(server.url, "image_classifier_held_body_bytes") >= 1_000_000)
+            response = httpx.post(
+                f"{server.url}/v1/predict", content=PHOTOS[0], headers={"content-type": "image/jpeg"}, timeout=60
+            )
+            assert response.status_code == 503 and response.headers["retry-after"]
+            assert "request bodies" in response.json()["error"]["message"]
+            assert metric(server.url, 'image_classifier_shed_requests_total{reason="body_budget"}') >= 1
+        finally:
+            slow.close()  # the client goes away: its bytes are given back
+        assert _until(lambda: metric(server.url, "image_classifier_held_body_bytes") == 0)
+        with httpx.Client(timeout=120) as http:
+            assert post(http, server.url, PHOTOS[0]) == (200, "")

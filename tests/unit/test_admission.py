@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.admission import Admission, Overloaded
+from service.admission import Admission, BodyBudget, Overloaded
 
 
 async def hold(admission: Admission, images: int, release: asyncio.Event, log: list, name: str) -> None:
@@ -158,3 +158,20 @@ def test_cancelled_in_the_same_step_as_admitted_gives_the_slots_back():
         assert log == ["a"] and gate.in_flight == 0 and gate.queued == 0
 
     run(main())
+
+
+def test_the_body_budget_sheds_what_does_not_fit_and_gives_bytes_back():
+    seen = []
+    budget = BodyBudget(100, observe=seen.append)
+    with budget.hold(60):
+        with pytest.raises(Overloaded) as shed:
+            with budget.hold(41):
+                pass
+        assert shed.value.reason == "body_budget" and budget.held == 60
+        with budget.hold(40):
+            assert budget.held == 100
+    assert budget.held == 0 and seen == [60, 100, 60, 0]
+    with pytest.raises(RuntimeError):  # an error inside still gives the bytes back
+        with budget.hold(500):  # alone, more than the budget is let in
+            raise RuntimeError
+    assert budget.held == 0

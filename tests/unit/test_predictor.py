@@ -130,3 +130,25 @@ def test_requests_beyond_capacity_are_shed_with_503(contract, files):
     shed = [o for o in outcomes if isinstance(o, ApiError)]
     assert len(shed) == 1 and (shed[0].status, shed[0].reason) == (503, "overloaded")  # one running, one queued
     assert classifier.admission.in_flight == 0
+
+
+def test_bodies_that_do_not_fit_the_budget_are_shed_before_they_are_read(contract):
+    settings = ServiceSettings(max_inflight_body_bytes=3_000_000, max_body_bytes=2_000_000)
+    classifier = Predictor(
+        ModelDescription("m:1", contract, {}, "w", {}), settings, FakeModel().infer, FakeModel().infer_jpeg,
+        engine_decodes=False,
+    )  # fmt: skip
+    with classifier.receiving({"content-length": "1500000"}):
+        assert classifier.bodies.held == 1_500_000
+        with classifier.receiving({"content-length": "1000000"}):  # fits beside it
+            with pytest.raises(ApiError) as shed:
+                with classifier.receiving({"content-length": "600000"}):
+                    pass
+            assert (shed.value.status, shed.value.reason) == (503, "overloaded")
+            assert "request bodies" in shed.value.message
+        with pytest.raises(ApiError):  # no Content-Length (chunked): counted as the body limit, 2 MB
+            with classifier.receiving({}):
+                pass
+    assert classifier.bodies.held == 0
+    with classifier.receiving({"content-length": "99999999"}):  # alone: let in (read_body answers 413)
+        assert classifier.bodies.held == 2_000_000

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 
-from loadtests.soak import Sample, default_warmup_s, report, rss_verdict
+from loadtests.soak import Sample, Sampler, default_warmup_s, report, rss_verdict
 
 
 def _samples(front, runner=lambda t: 900.0, minutes: float = 40, every_s: float = 10) -> list[Sample]:
@@ -54,3 +58,16 @@ def test_the_report_says_what_was_judged():
 
 def test_default_warm_up_is_a_third_of_the_run_up_to_ten_minutes():
     assert default_warmup_s(3) == 60 and default_warmup_s(120) == 600
+
+
+def test_the_sampler_asks_for_the_warm_snapshot_after_the_warm_up_and_notes_roles(tmp_path: Path) -> None:
+    sampler = Sampler(os.getpid(), every_s=0.05, warmup_s=1.5, trace=tmp_path)
+    sampler.start()
+    time.sleep(0.2)
+    asked_early = (tmp_path / "warm").exists()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "warm").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    samples = sampler.stop()
+    assert not asked_early and (tmp_path / "warm").exists()
+    assert sampler.roles[os.getpid()] == "manager" and {s.role for s in samples} >= {"manager", "total"}
