@@ -81,10 +81,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 def _upright(img: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a broken EXIF block leaves the image as stored."""
     try:
-        return ImageOps.exif_transpose(img)
+        # In place: otherwise Pillow returns a copy even of an upright image (160 MB for a 40 MP one).
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception as exc:  # noqa: BLE001 - malformed EXIF raises many types; pixels are still fine
         logger.debug("ignoring unreadable EXIF orientation: %s", exc)
-        return img
+    return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
