@@ -79,7 +79,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block leaves the image as stored."""
+    """Apply the EXIF orientation, in place; a broken EXIF block is ignored (pixels already turned stay turned)."""
     try:
         # In place: otherwise Pillow returns a copy even of an upright image (160 MB for a 40 MP one).
         ImageOps.exif_transpose(img, in_place=True)

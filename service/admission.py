@@ -120,7 +120,7 @@ class BodyBudget:
     """Bytes of request bodies held at once: ``with budget.hold(n): ...`` around reading a body and answering.
 
     The admission gate counts images, and is passed only once the body has been read: without this, a burst of
-    large uploads (64 bodies of 15 MiB, each copied while read) took a front worker past 2.5 GiB. A request
+    large uploads (64 bodies of 15 MiB, each copied while read) took a front worker to 1.9-2.5 GiB. A request
     holds its declared Content-Length (or the body limit, when it declares none) from before its body is read
     until it is answered; one that does not fit beside those already held is shed at once. A request alone is
     always let in, so no body within the body limit is refused for its size alone.

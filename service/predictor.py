@@ -76,14 +76,15 @@ class Predictor:
     def receiving(self, headers: Mapping[str, str]) -> Iterator[None]:
         """Around reading a request's body and answering it: 503 at once, before the body is read, when the
         admission queue is full or its bytes do not fit the body budget (its Content-Length, or the body
-        limit when it declares none)."""
+        limit when it declares none or is chunked: chunked framing overrides a Content-Length)."""
         if self.admission.full:
             raise _shed(Overloaded("queue_full", "the server is at capacity; retry shortly"))
         declared = headers.get("content-length", "")
         limit = self.settings.max_body_bytes
+        size = min(int(declared), limit) if declared.isdigit() and "transfer-encoding" not in headers else limit
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(self.bodies.hold(min(int(declared), limit) if declared.isdigit() else limit))
+                stack.enter_context(self.bodies.hold(size))
             except Overloaded as exc:
                 raise _shed(exc) from None
             yield

@@ -268,11 +268,12 @@ class ImageClassifier:
         """The true label of an answer (JSON: request_id, index, label) or of an image (multipart: image, label)."""
         check_api_key(self.settings.api_key, request.headers)
         max_bytes = self.settings.max_body_bytes
-        if media_type(request) == "application/json":
-            body = await read_json(request, FeedbackRequest, max_bytes=max_bytes)
-            return await self.feedback_loop.on_answer(body.request_id, body.index, body.label)
-        upload, label = await image_and_label(request, max_bytes=max_bytes)
-        return await self.feedback_loop.on_image(upload, label)
+        with self.predictor.receiving(request.headers):  # its images count against the body budget too
+            if media_type(request) == "application/json":
+                body = await read_json(request, FeedbackRequest, max_bytes=max_bytes)
+                return await self.feedback_loop.on_answer(body.request_id, body.index, body.label)
+            upload, label = await image_and_label(request, max_bytes=max_bytes)
+            return await self.feedback_loop.on_image(upload, label)
 
     @api.get("/model", response_model=ModelInfo)
     async def model_info(self, request: Request) -> ModelInfo:

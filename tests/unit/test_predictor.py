@@ -146,9 +146,13 @@ def test_bodies_that_do_not_fit_the_budget_are_shed_before_they_are_read(contrac
                     pass
             assert (shed.value.status, shed.value.reason) == (503, "overloaded")
             assert "request bodies" in shed.value.message
-        with pytest.raises(ApiError):  # no Content-Length (chunked): counted as the body limit, 2 MB
-            with classifier.receiving({}):
-                pass
+        for headers in ({}, {"content-length": "1", "transfer-encoding": "chunked"}):
+            with pytest.raises(ApiError):  # no Content-Length, or chunked (which overrides it): the body limit, 2 MB
+                with classifier.receiving(headers):
+                    pass
+    assert classifier.bodies.held == 0
+    with pytest.raises(RuntimeError), classifier.receiving({"content-length": "10"}):  # a failure gives bytes back
+        raise RuntimeError
     assert classifier.bodies.held == 0
     with classifier.receiving({"content-length": "99999999"}):  # alone: let in (read_body answers 413)
         assert classifier.bodies.held == 2_000_000
