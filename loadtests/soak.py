@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,7 +53,7 @@ from loadtests.openloop import (
     summarize,
     timeline,
 )
-from loadtests.processes import pid_roles, role_of, tree
+from loadtests.processes import pid_roles
 from loadtests.servers import serve_process
 
 logger = logging.getLogger("loadtests.soak")
@@ -67,12 +67,12 @@ class Sample:
     rss_mib: float
 
 
-def sample_tree(pid: int, t_s: float) -> list[Sample]:
-    """RSS of the process ``pid`` and all its descendants, per role and in total."""
+def sample_rss(roles: Mapping[int, str], t_s: float) -> list[Sample]:
+    """RSS of the processes ``roles`` names (pid -> role), per role and in total."""
     by_role: dict[str, float] = {}
-    for proc in tree(pid):
+    for pid, role in roles.items():
         try:
-            role, rss = role_of(proc), proc.memory_info().rss / MIB
+            rss = psutil.Process(pid).memory_info().rss / MIB
         except psutil.Error:  # exited between listing and reading
             continue
         by_role[role] = by_role.get(role, 0.0) + rss
@@ -95,8 +95,9 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             t_s = time.monotonic() - self._start
-            self.samples.extend(sample_tree(self.pid, t_s))
-            self.roles.update(pid_roles(self.pid))
+            roles = pid_roles(self.pid)  # one walk of the tree gives both the roles and what to sample
+            self.roles.update(roles)
+            self.samples.extend(sample_rss(roles, t_s))
             if self.trace is not None and t_s >= self.warmup_s:
                 ask_snapshot(self.trace, "warm")
             self._stop_event.wait(self.every_s)
@@ -207,7 +208,8 @@ def run(url: str, pid: int, args: argparse.Namespace) -> tuple[dict, Sampler]:
     outcomes = offer(url, [phase], bodies, timeout=args.client_timeout, seed=args.seed)
     if trace is not None:
         ask_snapshot(trace, "last")
-        wait_for_snapshots(trace, list(pid_roles(pid)), "last", timeout_s=120)
+        if not wait_for_snapshots(trace, list(pid_roles(pid)), "last", timeout_s=120):
+            logger.warning("not every traced process wrote its last snapshot in 120 s: those are left out")
     samples = sampler.stop()
     (summary,) = summarize(outcomes, [phase])
     verdict = rss_verdict(samples, warmup_s, args.rss_bound_mib, args.max_slope_mib_per_min)
