@@ -55,6 +55,7 @@ from service.http.schemas import (
     PredictResponse,
 )
 from service.http.uploads import image_and_label, many_images, media_type, read_json, single_image
+from service.memory import start_trimming
 from service.metrics import metrics
 from service.postprocessing import default_top_k, to_prediction
 from service.predictor import Predictor, call_model
@@ -140,6 +141,7 @@ class ModelRunner:
             logger.warning(caveat)
         self.explainer = Explainer(model.tag, model.contract, settings)
         self.engine.warm_up()
+        start_trimming(settings.malloc_trim_s)
         # On SIGTERM keep serving while a front worker lives: its queued requests still need the model.
         on_sigterm(settings.graceful_timeout_s, wait_while=service_workers_alive(FRONT))
         metrics().model_info.labels(model.tag, model.contract.backbone, self.engine.device, self.engine.name).set(1)
@@ -198,6 +200,7 @@ class ImageClassifier:
         on_device = device.type == "cuda" and ENGINES[self.engine].takes_device_tensors
         engine_decodes = choice == "engine" or (choice == "auto" and on_device)
         on_sigterm(self.settings.graceful_timeout_s)
+        start_trimming(self.settings.malloc_trim_s)
         # The runner's client exists only once the server's event loop runs: look it up on each call.
         self.predictor = Predictor(
             self.model,

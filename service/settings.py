@@ -131,6 +131,13 @@ class ServiceSettings(BaseSettings):
         description="memory for those requests' images (kept only with feedback_dir), so feedback by id needs no "
         "re-upload; the oldest are dropped first",
     )
+    malloc_trim_s: float = Field(
+        60,
+        ge=0,
+        le=3600,
+        description="every so many seconds each worker gives the memory glibc's malloc holds free back to the "
+        "system (malloc_trim), so RSS follows use; 0: never",
+    )
     graceful_timeout_s: float = Field(
         60,
         gt=0,
