@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from classifier.backbones import backbone_spec
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
+REFERENCE_FILE = "reference.npz"  # test images as the engines get them, and PyTorch fp32's outputs for them
+REFERENCE_IMAGES = 32
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,19 @@ class ModelDescription:
     metadata: dict[str, Any]
     weights_path: str
     engine_files: dict[str, str]  # engines with their own file that the model carries -> their paths
+    reference_path: str | None = None  # REFERENCE_FILE, when training saved one
 
     @property
     def engines(self) -> tuple[str, ...]:
         """Engines this model can be served with, in registry order: those that run the weights, and those
-        whose file it carries."""
-        return tuple(name for name, spec in ENGINES.items() if spec.file is None or name in self.engine_files)
+        whose file (their own, or the one they read) it carries."""
+
+        def carried(name: str) -> bool:
+            spec = ENGINES[name]
+            needs = name if spec.file is not None else spec.reads
+            return needs is None or needs in self.engine_files
+
+        return tuple(name for name in ENGINES if carried(name))
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,40 @@ def describe_model(tag: str) -> ModelDescription:
         for name, spec in ENGINES.items()
         if spec.file is not None and os.path.isfile(model.path_of(spec.file))
     }
-    return ModelDescription(str(model.tag), contract, dict(model.info.metadata), weights_path, engine_files)
+    reference = model.path_of(REFERENCE_FILE)
+    return ModelDescription(
+        str(model.tag),
+        contract,
+        dict(model.info.metadata),
+        weights_path,
+        engine_files,
+        reference if os.path.isfile(reference) else None,
+    )
+
+
+@dataclass(frozen=True)
+class ReferenceSample:
+    """What every engine must reproduce: ``images`` uint8 [N, 3, S, S] as the engines get them, and ``outputs``
+    float32 [N, contract.output_width], the PyTorch fp32 serving network's for them."""
+
+    images: np.ndarray
+    outputs: np.ndarray
+
+
+def save_reference(path: Path, sample: ReferenceSample) -> None:
+    np.savez_compressed(path, images=sample.images, outputs=sample.outputs)
+
+
+def load_reference(model: ModelDescription) -> ReferenceSample | None:
+    """The model's reference sample, None when it has none (saved before it) or it does not fit the contract."""
+    if model.reference_path is None:
+        return None
+    with np.load(model.reference_path, allow_pickle=False) as data:
+        images, outputs = data["images"], data["outputs"]
+    size, width = model.contract.image_size, model.contract.output_width
+    if images.dtype != np.uint8 or images.shape[1:] != (3, size, size) or outputs.shape != (len(images), width):
+        return None
+    return ReferenceSample(images, outputs.astype(np.float32))
 
 
 def _check_weights(tag: str, contract: ModelContract, weights_path: str) -> None:
@@ -140,11 +183,13 @@ def save_model(
     metadata: dict[str, Any],
     report: dict[str, Any],
     engine_files: dict[str, Path] | None = None,
+    reference: ReferenceSample | None = None,
 ) -> str:
     """Create a new version of model ``name`` and return its tag ("name:version").
 
     ``metadata`` (test metrics, training arguments, dataset fingerprint, ...) is stored beside the contract;
-    ``report`` (the full metrics JSON) and ``engine_files`` ({engine name: exported file}) go into the folder.
+    ``report`` (the full metrics JSON), ``engine_files`` ({engine name: exported file}) and the ``reference``
+    sample (for the service's engine choice) go into the folder.
     """
     import bentoml
     from safetensors.torch import save_file
@@ -162,6 +207,8 @@ def save_model(
             if target is None:
                 raise ValueError(f"engine {engine} has no file of its own to save")
             shutil.copyfile(source, model.path_of(target))
+        if reference is not None:
+            save_reference(Path(model.path_of(REFERENCE_FILE)), reference)
     return str(model.tag)
 
 

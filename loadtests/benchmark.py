@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--engines",
-        default=",".join(CPU_GRAPH_ENGINES),
+        default=",".join(("auto", *CPU_GRAPH_ENGINES)),
         help="our service's engines to measure, comma-separated (from the engine registry)",
     )
     p.add_argument("--concurrency", default="8,16,32", help="concurrent clients, comma-separated")
@@ -196,11 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     engine_runs, runs = measure(args, model)
     engines = median_engines(engine_runs)
     results = {name: [median_level(rounds) for rounds in per_level.values()] for name, per_level in runs.items()}
-    text, targets = table(engines, results)
+    host = describe_host()
+    text, targets = table(engines, results, host["flags"])
     write_csv(results, args.out / "benchmark.csv")
     sizes = f"photos at {args.sizes} px" if args.sizes else "photos as they are"
     plot(results, args.out / "benchmark.png", f"{model} on this machine, one photo per request, {sizes}")
-    host = describe_host()
     report = (
         f"{host_line(host)}\nLoad: one photo per request, {sizes}, from {args.photos}. Medians of {args.rounds} "
         f"interleaved rounds.\n\n{text}\n\n" + "\n".join(targets) + "\n"

@@ -3,7 +3,7 @@
     python -m loadtests.engine_bench --model transfer-classifier:latest --batch-sizes 1,4,8,16
 
 Inputs are real photos preprocessed as the service does. Each engine gets the threads a model worker
-gets (the machine's cores). Also reports INT8's top-1 agreement with fp32 on all the photos.
+gets (the machine's cores). Also reports every engine's top-1 agreement with fp32 on all the photos.
 Prints JSON.
 """
 
@@ -78,10 +78,15 @@ def run(
         result["gpu_jpeg_decode_images_per_s"] = _jpeg_decode_speed(
             files, model.contract, target, max(batch_sizes), seconds
         )
-    if "onnx-int8" in engines and "onnx" in engines:
-        classes = model.contract.num_classes  # the columns after them are the OOD score
-        fp32, int8 = engines["onnx"].predict(images)[:, :classes], engines["onnx-int8"].predict(images)[:, :classes]
-        result["int8_top1_agreement"] = float((fp32.argmax(1) == int8.argmax(1)).mean())
+    classes = model.contract.num_classes  # the columns after them are the OOD score
+    fp32 = next((name for name in ("onnx", "torch") if name in engines), None)
+    if fp32 is not None and target.type == "cpu":
+        answers = {name: engine.predict(images)[:, :classes].argmax(1) for name, engine in engines.items()}
+        result["top1_agreement_with_fp32"] = {
+            name: float((answer == answers[fp32]).mean()) for name, answer in answers.items()
+        }
+        if "onnx-int8" in answers and fp32 == "onnx":
+            result["int8_top1_agreement"] = result["top1_agreement_with_fp32"]["onnx-int8"]
     return result
 
 

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-PACKAGES = ("torch", "onnxruntime", "bentoml")
+PACKAGES = ("torch", "onnxruntime", "openvino", "bentoml")
 
 
 def describe_host(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:

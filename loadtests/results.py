@@ -149,8 +149,9 @@ def plot(series: dict[str, list[Level]], path: Path, title: str) -> Path:
     return path
 
 
-def table(engines: dict, results: dict[str, list[Level]]) -> tuple[str, list[str]]:
-    """The Markdown table and the target lines (met or missed)."""
+def table(engines: dict, results: dict[str, list[Level]], host_flags: list[str] = ()) -> tuple[str, list[str]]:
+    """The Markdown table and the target lines (met or missed); ``host_flags`` (the CPU's, see loadtests.host)
+    set the default configuration's target against the reference."""
     raw = engines["images_per_s"]
     best_fp32 = max(v for name in ("torch", "onnx") if name in raw for v in raw[name].values())
     lines = [
@@ -174,7 +175,47 @@ def table(engines: dict, results: dict[str, list[Level]]) -> tuple[str, list[str
                 f"{lv.failures} | {ratio} | {p99} |"
             )
     best_int8 = max(raw.get("onnx-int8", {}).values(), default=0.0)
-    return "\n".join(lines), _targets(best_fp32, best_int8, engines, results, reference)
+    checks = _targets(best_fp32, best_int8, engines, {k: v for k, v in results.items() if k != AUTO}, reference)
+    return "\n".join(lines), _default_targets(engines, results.get(AUTO, []), reference, host_flags) + checks
+
+
+AUTO = "ours (auto)"  # the default configuration: CLASSIFIER_ENGINE=auto
+
+
+def _default_targets(engines: dict, levels: list[Level], reference: dict[int, Level], flags: list[str]) -> list[str]:
+    """Issue 15's targets for the default configuration at its highest concurrency: at least 60% of the best
+    eligible raw engine (top-1 agreement with fp32 on the photos >= 99%), and at least 5x the reference on a CPU
+    with AMX (2.5x on others) at a lower p99."""
+    if not levels:
+        return []
+    top = max(levels, key=lambda lv: lv.users)
+    agreement = engines.get("top1_agreement_with_fp32", {})
+    eligible = {
+        name: max(per.values()) for name, per in engines["images_per_s"].items() if agreement.get(name, 0) >= 0.99
+    }
+    checks = []
+    if eligible:
+        best = max(eligible, key=eligible.__getitem__)
+        share = top.images_per_s / eligible[best]
+        checks.append(
+            _check(
+                f"{AUTO} at {top.users} clients: {share:.0%} of the best eligible raw engine ({best}, "
+                f"{eligible[best]:.1f} images/s; target >= 60%)",
+                share >= 0.6,
+            )
+        )
+    ref = reference.get(top.users)
+    if ref is not None and ref.images_per_s:
+        factor = 5.0 if "amx_tile" in flags else 2.5
+        speedup = top.images_per_s / ref.images_per_s
+        checks.append(
+            _check(
+                f"{AUTO} at {top.users} clients: {speedup:.2f}x reference (target >= {factor:g} on this CPU) with p99 "
+                f"{top.p99_ms:.0f} vs {ref.p99_ms:.0f} ms (target: lower)",
+                speedup >= factor and top.p99_ms < ref.p99_ms,
+            )
+        )
+    return checks
 
 
 def _targets(

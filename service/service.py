@@ -61,7 +61,7 @@ from service.postprocessing import default_top_k, to_prediction
 from service.predictor import Predictor, call_model
 from service.settings import ENV_PREFIX, ServiceSettings, SettingsError
 from service.shutdown import on_sigterm
-from service.startup import decide, ood_caveat, pin
+from service.startup import decide, engine_choice_info, ood_caveat, pin, reported_choice
 
 logger = logging.getLogger("service")
 FRONT = "image_classifier"  # the public service's name
@@ -93,8 +93,9 @@ class ModelRunner:
         check_version()
         try:
             serving = decide(settings)
-            if ENGINES[serving.engine].file:  # a corrupt or foreign file stops the server here, not in a worker
-                make_engine(serving.model, serving.engine, serving.device, threads=1)
+            # A corrupt or foreign file stops the server here, not in a worker (auto's measurement has built it).
+            if ENGINES[serving.engine].reads_file and serving.choice is None:
+                make_engine(serving.model, serving.engine, serving.device, threads=1, cache_dir=settings.cache_folder)
         except (ContractError, EngineError, ValueError, ImportError) as exc:  # ImportError: a package not installed
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -136,6 +137,7 @@ class ModelRunner:
             device,
             threads=threads,
             compile_max_batch=_BATCHING.max_batch_size if settings.compile else 0,
+            cache_dir=settings.cache_folder,
         )
         if caveat := agreement_caveat(model, self.engine.name):
             logger.warning(caveat)
@@ -195,6 +197,7 @@ class ImageClassifier:
         self.settings = ServiceSettings.from_env()
         serving = decide(self.settings)  # pinned by preflight: the runner's choice
         self.model, device, self.engine = serving.model, serving.device, serving.engine
+        self.engine_choice = engine_choice_info(reported_choice())
         self.device = device.type
         choice = self.settings.jpeg_decode
         on_device = device.type == "cuda" and ENGINES[self.engine].takes_device_tensors
@@ -290,6 +293,7 @@ class ImageClassifier:
             contract=contract,
             device=self.device,
             engine=self.engine,
+            engine_choice=self.engine_choice,
             training_metrics=self.model.metadata.get("test_metrics", {}),
             calibration=self.model.metadata.get("calibration", {}),
             ood=self.model.metadata.get("ood", {}),

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from classifier.cache import default_cache_dir
 from classifier.contract import DEFAULT_MODEL_NAME
 from classifier.engines import ENGINES
 from classifier.imaging import DEFAULT_MAX_PIXELS
@@ -131,6 +132,12 @@ class ServiceSettings(BaseSettings):
         description="memory for those requests' images (kept only with feedback_dir), so feedback by id needs no "
         "re-upload; the oldest are dropped first",
     )
+    cache_dir: Path | None = Field(
+        None,
+        description="where the engine choice (per model and host) and compiled engines are kept, so a restart "
+        "neither measures nor compiles again; unset: $TRANSFER_SERVE_CACHE, else $XDG_CACHE_HOME/transfer-serve, else "
+        "~/.cache/transfer-serve",
+    )
     malloc_trim_s: float = Field(
         60,
         ge=0,
@@ -166,6 +173,11 @@ class ServiceSettings(BaseSettings):
                 "would be cut off"
             )
         return self
+
+    @property
+    def cache_folder(self) -> Path:
+        """CLASSIFIER_CACHE_DIR, or the project's cache folder (classifier.cache)."""
+        return self.cache_dir or default_cache_dir()
 
     @property
     def inflight_capacity(self) -> int:

@@ -2,20 +2,33 @@
 
 BentoML's ``on_deployment`` hook runs ``decide`` once, before any worker starts, and ``pin`` writes the
 decision into the environment every worker inherits (also a worker restarted later), so the front and
-the model runner can never disagree, even if a newer model lands or a GPU appears meanwhile.
+the model runner can never disagree, even if a newer model lands or a GPU appears meanwhile. On the CPU,
+``CLASSIFIER_ENGINE=auto`` is decided by measurement (classifier/engines/choice.py), in a process of its
+own so that the engines it tries do not stay loaded in the manager.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import multiprocessing
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
-from classifier.device import Device, pick_device
-from classifier.engines import choose_engine
+from classifier.device import Device, cpu_threads, pick_device
+from classifier.engines import ENGINES, choose_engine
+from classifier.engines import choice as engine_choice
 from classifier.store import ModelDescription, describe_model
+from service.http.schemas import EngineCandidate, EngineChoiceInfo
 from service.postprocessing import UNKNOWN_LABEL
 from service.settings import ENV_PREFIX, ServiceSettings
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+CHOICE_ENV = "_CLASSIFIER_ENGINE_CHOICE"  # the measurement behind the engine, for /v1/model; not a setting
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,7 @@ class Serving:
     model: ModelDescription
     device: Device
     engine: str
+    choice: engine_choice.EngineChoice | None = None  # how auto chose it, when it measured
 
 
 def decide(settings: ServiceSettings) -> Serving:
@@ -40,7 +54,54 @@ def decide(settings: ServiceSettings) -> Serving:
             "image leaves torch out); use auto or front"
         )
     device = pick_device(settings.device)
-    return Serving(model, device, choose_engine(settings.engine, device, model.engines))
+    choice = measured_choice(model, settings) if settings.engine == "auto" and device.type == "cpu" else None
+    engine = choose_engine(choice.chosen if choice else settings.engine, device, model.engines)
+    return Serving(model, device, engine, choice)
+
+
+def measured_choice(model: ModelDescription, settings: ServiceSettings) -> engine_choice.EngineChoice | None:
+    """The fastest eligible CPU engine for ``model`` on this host, from the cache or measured now; None where there
+    is nothing to measure (one candidate, or a model saved without a reference sample)."""
+    names = [n for n in model.engines if "cpu" in ENGINES[n].devices and ENGINES[n].installed]
+    if len(names) < 2 or model.reference_path is None:
+        return None
+    threads = cpu_threads(settings.inference_threads, workers=settings.model_workers)
+    host = engine_choice.host_description(threads, settings.max_batch_size, names)
+    cache = settings.cache_folder
+    if (known := engine_choice.cached(cache, model.tag, host)) is not None:
+        logger.info(known.describe())
+        return known
+    logger.info("engine auto: measuring %s on this host (cached afterwards in %s)", ", ".join(names), cache)
+    try:
+        candidates = in_own_process(
+            engine_choice.measure_model, model.tag, names, threads, settings.max_batch_size, cache
+        )
+    except Exception as exc:  # the measuring process died (out of memory, a crash in an engine's native code)
+        logger.warning("engine auto: the measurement failed (%s); serving the default engine", exc)
+        return None
+    made = engine_choice.EngineChoice(engine_choice.fastest(candidates), tuple(candidates), host)
+    logger.info(made.describe())
+    engine_choice.remember(cache, model.tag, made)
+    return made
+
+
+def engine_choice_info(choice: engine_choice.EngineChoice | None) -> EngineChoiceInfo | None:
+    if choice is None:
+        return None
+    candidates = [EngineCandidate(**asdict(c), eligible=c.eligible) for c in choice.candidates]
+    return EngineChoiceInfo(chosen=choice.chosen, cached=choice.cached, host=choice.host, candidates=candidates)
+
+
+def in_own_process(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a fresh (spawned) process: what it imports and allocates goes when it returns."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def reported_choice() -> engine_choice.EngineChoice | None:
+    """In a worker: the measurement ``pin`` passed on, if the engine was chosen by one."""
+    text = os.environ.get(CHOICE_ENV)
+    return engine_choice.EngineChoice.from_json(text) if text else None
 
 
 def ood_caveat(model: ModelDescription) -> str | None:
@@ -59,3 +120,5 @@ def pin(serving: Serving) -> None:
     os.environ[ENV_PREFIX + "MODEL_TAG"] = serving.model.tag
     os.environ[ENV_PREFIX + "DEVICE"] = str(serving.device)
     os.environ[ENV_PREFIX + "ENGINE"] = serving.engine
+    if serving.choice is not None:
+        os.environ[CHOICE_ENV] = serving.choice.to_json()

@@ -10,20 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from classifier.backbones import BACKBONES, DEFAULT_BACKBONE
+from classifier.cache import CACHE_ENV, default_cache_dir
 from classifier.contract import DEFAULT_MODEL_NAME
 from classifier.engines import exportable_engines, with_requirements
 from training.download import CATS_DOGS_URL
 
-CACHE_ENV = "TRANSFER_SERVE_CACHE"
 NO_EXPORT = "none"
-
-
-def default_cache_dir() -> Path:
-    """$TRANSFER_SERVE_CACHE, else $XDG_CACHE_HOME/transfer-serve, else ~/.cache/transfer-serve."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "transfer-serve"
 
 
 def option(default: Any, help: str | Callable[[], str], **argparse: Any) -> Any:

@@ -6,6 +6,7 @@ import logging
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from classifier.device import pick_device
 from classifier.explain import GradCam
 from classifier.network import ClassifierNet
 from classifier.preprocessing import prepare_image
-from classifier.store import save_model
+from classifier.store import REFERENCE_IMAGES, ReferenceSample, save_model
 from training import features as feats
 from training import ood, report
 from training.calibration import calibrate, log_calibration, rescale
@@ -190,7 +191,15 @@ def run(cfg: TrainConfig) -> RunResult:
             "calibration": calibration,
             "ood": ood_report,
         }
-        tag = save_model(cfg.name, model, contract, metadata=metadata, report=payload, engine_files=files)
+        tag = save_model(
+            cfg.name,
+            model,
+            contract,
+            metadata=metadata,
+            report=payload,
+            engine_files=files,
+            reference=reference_sample(splits.test, contract, reference) if files else None,
+        )
     return RunResult(
         tag,
         splits,
@@ -231,6 +240,14 @@ def _export_engines(
         reference=reference.numpy(),
         test_labels=labels.numpy(),
     )
+
+
+def reference_sample(test: Sequence[Sample], contract: ModelContract, reference: torch.Tensor) -> ReferenceSample:
+    """The first REFERENCE_IMAGES test images as the engines get them, with PyTorch's outputs for them: what the
+    service checks each engine against on the host it starts on."""
+    count = min(REFERENCE_IMAGES, len(test))
+    images = load_images([s.path for s in test[:count]], contract)
+    return ReferenceSample(images, reference[:count].numpy().astype(np.float32))
 
 
 def _half_precision(

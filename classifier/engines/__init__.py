@@ -53,6 +53,7 @@ class BuildRequest:
     device: Device
     threads: int
     compile_max_batch: int = 0  # GPU: compile for batch sizes up to this (0: eager)
+    cache_dir: Path | None = None  # where an engine may keep what it compiles, so a restart need not compile again
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class EngineSpec:
     # ``export(ExportRequest) -> Path`` (write it) and ``load(path, contract, threads) -> Engine`` (run it).
     module: str
     devices: tuple[str, ...]  # device types it runs on: "cpu", "cuda"
-    file: str | None = None  # its own file in the model folder; None: it runs the weights every model has
+    file: str | None = None  # its own file in the model folder; None: it runs the weights, or the file of ``reads``
+    reads: str | None = None  # an engine whose file it runs (OpenVINO on the ONNX graphs)
     requires: tuple[str, ...] = ()  # engines whose export must run first (their files feed this one's export)
     takes_device_tensors: bool = False  # predict() accepts a tensor already on its device (GPU JPEG decoding)
     summary: str = ""
@@ -84,6 +86,11 @@ class EngineSpec:
     def installed(self) -> bool:
         """Whether its packages are installed (found, not imported)."""
         return all(importlib.util.find_spec(package) is not None for package in self.packages)
+
+    @property
+    def reads_file(self) -> str | None:
+        """The file in the model folder it runs: its own, or that of the engine it reads; None: the weights."""
+        return ENGINES[self.reads].file if self.reads is not None else self.file
 
     @property
     def exportable(self) -> bool:
@@ -129,6 +136,22 @@ _BUILT_IN = (
         summary="ONNX Runtime, statically quantized INT8 copy of the fp32 graph",
         packages=("onnxruntime",),
     ),
+    EngineSpec(
+        "openvino",
+        "classifier.engines.openvino_engine",
+        ("cpu",),
+        reads="onnx",
+        summary="OpenVINO on the fp32 ONNX graph, in the precision the CPU runs best (bf16 with AMX)",
+        packages=("openvino",),
+    ),
+    EngineSpec(
+        "openvino-int8",
+        "classifier.engines.openvino_int8",
+        ("cpu",),
+        reads="onnx-int8",
+        summary="OpenVINO on the INT8 ONNX graph",
+        packages=("openvino",),
+    ),
 )
 ENGINES: dict[str, EngineSpec] = {spec.name: spec for spec in _BUILT_IN}
 
@@ -166,8 +189,8 @@ def choose_engine(choice: str, device: Device, available: tuple[str, ...]) -> st
         raise EngineError(f"unknown engine {choice!r}; choose auto or one of: {', '.join(ENGINES)}")
     if choice not in available:
         raise EngineError(
-            f"engine {choice}: the model has no {ENGINES[choice].file} (it has: {', '.join(available)}); "
-            f"retrain with --export {choice} or choose another engine"
+            f"engine {choice}: the model has no {ENGINES[choice].reads_file} (it has: {', '.join(available)}); "
+            f"retrain with --export {ENGINES[choice].reads or choice} or choose another engine"
         )
     if device.type not in ENGINES[choice].devices:
         raise EngineError(
@@ -187,12 +210,18 @@ def _not_installed(engine: str, packages: str) -> str:
 
 
 def make_engine(
-    model: ModelDescription, name: str, device: Device, *, threads: int, compile_max_batch: int = 0
+    model: ModelDescription,
+    name: str,
+    device: Device,
+    *,
+    threads: int,
+    compile_max_batch: int = 0,
+    cache_dir: Path | None = None,
 ) -> Engine:
     """Build engine ``name`` (as chosen by choose_engine) for ``model``; EngineError if it will not load (its
     package not installed included). Its OOD scores come out on PyTorch's scale (see OodContract.score_scales)."""
     try:
-        engine = ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch))
+        engine = ENGINES[name].build(BuildRequest(model, device, threads, compile_max_batch, cache_dir))
     except ImportError as exc:
         raise EngineError(_not_installed(name, exc.name or str(exc))) from exc
     return on_pytorch_scale(engine, model.contract)
@@ -204,7 +233,11 @@ def on_pytorch_scale(engine: Engine, contract: ModelContract) -> Engine:
     if contract.ood is None:
         return engine
     precision = getattr(engine, "precision", None)
-    scale = contract.ood.scale_for(f"{engine.name}:{precision}" if precision else engine.name)
+    spec = ENGINES.get(engine.name)
+    if spec is not None and spec.reads is not None:  # the graph it runs was measured under that engine's name
+        scale = contract.ood.scale_for(spec.reads)
+    else:
+        scale = contract.ood.scale_for(f"{engine.name}:{precision}" if precision else engine.name)
     return engine if scale == 1.0 else RescaledOod(engine, contract.num_classes, scale)
 
 

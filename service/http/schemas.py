@@ -118,6 +118,25 @@ class Limits(BaseModel):
     max_images: int
 
 
+class EngineCandidate(BaseModel):
+    name: str
+    agreement: float | None = Field(description="top-1 agreement with PyTorch fp32 on the model's reference sample")
+    probability_diff: float | None = Field(description="mean over the sample of the largest probability difference")
+    known_agreement: float | None = Field(
+        None, description="agreement of the known/unknown flag with PyTorch fp32's (models with an OOD score)"
+    )
+    images_per_s: float | None = Field(description="at the served batch size on this host (eligible engines only)")
+    eligible: bool
+    error: str | None = Field(None, description="why it could not be measured")
+
+
+class EngineChoiceInfo(BaseModel):
+    chosen: str
+    cached: bool = Field(description="read from the cache of an earlier start on this host, not measured now")
+    host: str = Field(description="what the measurement depends on: CPU and its flags, threads, batch size, packages")
+    candidates: list[EngineCandidate]
+
+
 class Batching(BaseModel):
     max_batch_size: int
     max_latency_ms: int
@@ -132,6 +151,9 @@ class ModelInfo(BaseModel):
     engine: str = Field(
         description="inference engine, one of the registry's: "
         + "; ".join(f"{name} ({spec.summary})" for name, spec in ENGINES.items())
+    )
+    engine_choice: EngineChoiceInfo | None = Field(
+        None, description="how CLASSIFIER_ENGINE=auto chose the engine on this host (null: set, or not measured)"
     )
     training_metrics: dict[str, Any] = Field(description="test-split metrics recorded at training time")
     ood: dict[str, Any] = Field(

@@ -169,17 +169,19 @@ def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
     assert "Load: one photo per request, photos at 100,640 px" in result.stdout
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert report["host"]["cores"] and "Host: " in result.stdout  # the CPU and its flags go with every result
-    assert set(report["engines"]["images_per_s"]) == {"torch", "onnx", "onnx-int8"}
+    assert set(report["engines"]["images_per_s"]) == {"torch", "onnx", "onnx-int8", "openvino", "openvino-int8"}
     assert 0 <= report["engines"]["int8_top1_agreement"] <= 1
+    assert report["engines"]["top1_agreement_with_fp32"]["onnx"] == 1.0
     services = report["services"]
-    assert set(services) == {"ours (onnx)", "ours (onnx-int8)", "reference"}
+    assert set(services) == {"ours (auto)", "ours (onnx)", "ours (onnx-int8)", "reference"}
+    assert "ours (auto) at 2 clients: " in result.stdout and "of the best eligible raw engine" in result.stdout
     for levels in services.values():
         assert levels[0]["users"] == 2 and levels[0]["failures"] == 0 and levels[0]["images_per_s"] > 0
     assert "| reference | 2 |" in result.stdout and "x reference" in result.stdout
     assert (tmp_path / "benchmark.png").read_bytes().startswith(PNG)
     assert len(report["rounds"]["engines"]) == 2
     assert all(len(rounds) == 2 for per_level in report["rounds"]["services"].values() for rounds in per_level.values())
-    assert len(list(csv.DictReader((tmp_path / "benchmark.csv").open()))) == 3
+    assert len(list(csv.DictReader((tmp_path / "benchmark.csv").open()))) == 4
 
 
 def test_explain_benchmark_runs_in_a_tiny_configuration(server, tmp_path):

@@ -84,4 +84,7 @@ def test_an_engine_the_model_does_not_have(trained_model):
 def test_a_corrupt_onnx_graph(trained_model):
     graph = open(bentoml.models.get(trained_model).path_of(ENGINES["onnx"].file), "rb").read()
     tag = copy_model(trained_model, "corrupt-onnx", files={ENGINES["onnx"].file: graph[: len(graph) // 2]})
-    assert_refused(start({"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_DEVICE": "cpu"}), "cannot load")  # auto: onnx on CPU
+    # set: auto would record the broken graph among its candidates and serve another engine
+    assert_refused(
+        start({"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_DEVICE": "cpu", "CLASSIFIER_ENGINE": "onnx"}), "cannot load"
+    )

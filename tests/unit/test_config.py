@@ -1,6 +1,7 @@
 import pytest
 
-from training.config import build_parser, default_cache_dir, parse_args
+from classifier.cache import default_cache_dir
+from training.config import build_parser, parse_args
 
 
 def test_defaults_match_the_documented_product():

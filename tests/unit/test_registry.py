@@ -24,8 +24,9 @@ def fake_engine():
 
 
 def test_built_in_engines_are_data():
-    assert list(ENGINES) == ["torch", "onnx", "onnx-int8"]
+    assert list(ENGINES) == ["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"]
     assert ENGINES["onnx-int8"].requires == ("onnx",) and ENGINES["torch"].file is None
+    assert ENGINES["openvino-int8"].reads_file == "model.int8.onnx" and not ENGINES["openvino"].exportable
     assert with_requirements(("onnx-int8",)) == ("onnx", "onnx-int8")
     with pytest.raises(ValueError, match="already exists"):
         register(ENGINES["onnx"])
@@ -47,7 +48,10 @@ def test_a_new_engine_needs_only_a_module_and_a_registry_entry(fake_engine, cont
 
 
 def test_an_unknown_engine_is_refused_in_one_line():
-    with pytest.raises(SettingsError, match="CLASSIFIER_ENGINE='fake': choose auto or one of: torch, onnx, onnx-int8"):
+    with pytest.raises(
+        SettingsError,
+        match="CLASSIFIER_ENGINE='fake': choose auto or one of: torch, onnx, onnx-int8, openvino, openvino-int8",
+    ):
         ServiceSettings.from_env({"CLASSIFIER_ENGINE": "fake"})
 
 
@@ -102,3 +106,50 @@ def test_the_torch_free_weight_check_knows_the_networks_shapes(contract, ood_dim
     state = build_network(contract).state_dict()
     built = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("backbone.")}
     assert outside_backbone_shapes(contract) == built
+
+
+def test_auto_measures_the_candidates_once_then_reads_the_cache(fake_engine, contract, tmp_path, monkeypatch):
+    """CLASSIFIER_ENGINE=auto on the CPU: torch and the fake engine are checked on the model's reference sample;
+    the fake one (always the last class, probability 1) is not eligible, so torch serves; a restart reads the cache,
+    and the workers get the measurement with the pinned engine."""
+    import service.startup as startup
+    from classifier.store import ReferenceSample
+
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
+    exported = FAKE.export(ExportRequest(network, contract, tmp_path, np.zeros((0, 3, 64, 64), np.uint8), {}))
+    first = describe_model(save_model("auto-test", network, contract, metadata={}, report={}))
+    images = np.random.default_rng(0).integers(0, 255, (6, 3, 64, 64), dtype=np.uint8)
+    outputs = make_engine(first, "torch", CPU, threads=1).predict(images)
+    tag = save_model(
+        "auto-test",
+        network,
+        contract,
+        metadata={},
+        report={},
+        engine_files={"fake": exported},
+        reference=ReferenceSample(images, outputs),
+    )
+    runs = []
+
+    def inline(function, *args):
+        runs.append(args)
+        return function(*args)
+
+    monkeypatch.setattr(startup, "in_own_process", inline)
+    for var in ("CLASSIFIER_MODEL_TAG", "CLASSIFIER_DEVICE", "CLASSIFIER_ENGINE", startup.CHOICE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    env = {"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_DEVICE": "cpu", "CLASSIFIER_CACHE_DIR": str(tmp_path / "cache")}
+    settings = ServiceSettings.from_env(env)
+    serving = startup.decide(settings)
+    assert serving.engine == "torch" and len(runs) == 1
+    torch_row, fake_row = serving.choice.candidates
+    assert (torch_row.name, torch_row.agreement, torch_row.eligible) == ("torch", 1.0, True)
+    assert torch_row.images_per_s > 0
+    assert (fake_row.name, fake_row.eligible, fake_row.images_per_s) == ("fake", False, None)
+
+    again = startup.decide(settings)  # a restart on the same host
+    assert (again.engine, again.choice.cached, len(runs)) == ("torch", True, 1)
+    startup.pin(again)
+    assert startup.reported_choice() == again.choice  # what the front shows in /v1/model
+    forced = startup.decide(ServiceSettings.from_env({**env, "CLASSIFIER_ENGINE": "fake"}))
+    assert (forced.engine, forced.choice) == ("fake", None)  # an explicit choice is never second-guessed

@@ -176,3 +176,29 @@ def test_raw_engine_rounds_combine_into_medians():
     combined = median_engines(runs)
     assert combined["images_per_s"] == {"onnx": {"8": 20.0, "16": 21.0}}
     assert combined["model"] == "m:1" and combined["rounds"] == 3
+
+
+def test_the_default_configuration_is_held_to_the_best_eligible_engine_and_a_cpu_dependent_factor():
+    engines = {
+        "images_per_s": {
+            "torch": {"16": 10.0},
+            "onnx": {"16": 20.0},
+            "openvino": {"16": 100.0},  # fastest, but it does not reproduce fp32: not eligible
+            "openvino-int8": {"16": 50.0},
+        },
+        "top1_agreement_with_fp32": {"torch": 1.0, "onnx": 1.0, "openvino": 0.9, "openvino-int8": 0.995},
+        "photos": 398,
+    }
+    results = {
+        "ours (auto)": [_level(8, 20.0, 600), _level(32, 31.0, 1000)],
+        "reference": [_level(8, 5.0, 1500), _level(32, 8.0, 3000)],
+    }
+    _, targets = table(engines, results, ["avx512_vnni"])
+    assert targets[0] == (
+        "[met] ours (auto) at 32 clients: 62% of the best eligible raw engine (openvino-int8, 50.0 images/s; "
+        "target >= 60%)"
+    )
+    assert targets[1].startswith("[met] ours (auto) at 32 clients: 3.88x reference (target >= 2.5 on this CPU)")
+    _, on_amx = table(engines, results, ["avx512_vnni", "amx_tile"])
+    assert on_amx[1].startswith("[MISSED] ours (auto) at 32 clients: 3.88x reference (target >= 5 on this CPU)")
+    assert not any("ours (auto)" in t and "fp32 engine" in t for t in targets)  # not held to the older targets

@@ -1,0 +1,239 @@
+"""CLASSIFIER_ENGINE=auto on the CPU: the fastest engine that reproduces PyTorch fp32 on this host, by measurement.
+
+Which engine is fastest depends on the CPU more than on anything else (ONNX Runtime INT8 is 3.5x fp32 with
+VNNI and 1.6x without; OpenVINO's bf16 doubles again with AMX and gains nothing without), so it is measured
+where the server starts, not assumed. Each candidate (an engine the model carries, the device runs and is
+installed) first answers the model's reference sample (test images saved by training, with PyTorch fp32's
+outputs): it is eligible when its top-1 answer agrees on at least MIN_AGREEMENT of them, its probabilities
+differ by at most MAX_PROBABILITY_DIFF on average, and (for a model with an OOD score) its known/unknown flag
+agrees on at least MIN_KNOWN_AGREEMENT. The eligible ones are then timed at the served batch size
+for TIMING_SECONDS each, and the fastest serves. The result is cached per model and host (CPU, threads, batch
+size, engine package versions), so a restart does not measure again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from classifier.engines import MIN_AGREEMENT, MIN_KNOWN_AGREEMENT, Engine, EngineError
+
+logger = logging.getLogger(__name__)
+
+MAX_PROBABILITY_DIFF = 0.05  # mean over the sample of each image's largest |p - p_fp32|
+TIMING_SECONDS = 1.0  # per engine, after one warm-up batch; at least two batches
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+PACKAGES = ("onnxruntime", "openvino", "torch")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One engine's figures on this host; ``error`` says why it was not measured (it failed to build or run)."""
+
+    name: str
+    agreement: float | None = None
+    probability_diff: float | None = None
+    images_per_s: float | None = None
+    error: str | None = None
+    known_agreement: float | None = None  # of the known/unknown flag, for a model with an OOD score
+
+    @property
+    def eligible(self) -> bool:
+        return (
+            self.error is None
+            and self.agreement is not None
+            and self.agreement >= MIN_AGREEMENT
+            and self.probability_diff is not None
+            and self.probability_diff <= MAX_PROBABILITY_DIFF
+            and (self.known_agreement is None or self.known_agreement >= MIN_KNOWN_AGREEMENT)
+        )
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"{self.name} failed ({self.error})"
+        speed = f", {self.images_per_s:.1f} images/s" if self.images_per_s is not None else ""
+        known = f", known {self.known_agreement:.1%}" if self.known_agreement is not None else ""
+        verdict = "" if self.eligible else " (not eligible)"
+        return f"{self.name} {self.agreement:.1%} agreement, diff {self.probability_diff:.3f}{known}{speed}{verdict}"
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    chosen: str
+    candidates: tuple[Candidate, ...]
+    host: str  # the cache key's host part, readable
+    cached: bool = False
+
+    def describe(self) -> str:
+        source = "cached for this model and host" if self.cached else "measured"
+        return f"engine auto -> {self.chosen} ({source}): " + "; ".join(c.describe() for c in self.candidates)
+
+    def to_json(self) -> str:
+        candidates = [asdict(c) for c in self.candidates]
+        return json.dumps({"chosen": self.chosen, "host": self.host, "cached": self.cached, "candidates": candidates})
+
+    @classmethod
+    def from_json(cls, text: str, *, cached: bool | None = None) -> EngineChoice:
+        data = json.loads(text)
+        candidates = tuple(Candidate(**c) for c in data["candidates"])
+        return cls(data["chosen"], candidates, data["host"], data.get("cached", False) if cached is None else cached)
+
+
+def check(
+    name: str, engine: Engine, images: np.ndarray, outputs: np.ndarray, classes: int, ood_threshold: float | None
+) -> Candidate:
+    """``engine``'s agreement with the reference ``outputs`` (PyTorch fp32's) on ``images``: top-1, probabilities,
+    and with ``ood_threshold`` the known/unknown flag (the OOD score after the probabilities)."""
+    out = np.concatenate([engine.predict(images[i : i + 16]) for i in range(0, len(images), 16)])
+    probs, reference = out[:, :classes], outputs[:, :classes]
+    agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
+    diff = float(np.abs(probs - reference).max(axis=1).mean())
+    known = None
+    if ood_threshold is not None:
+        known = float(((out[:, classes] <= ood_threshold) == (outputs[:, classes] <= ood_threshold)).mean())
+    return Candidate(name, agreement, diff, known_agreement=known)
+
+
+def speed(
+    engine: Engine,
+    images: np.ndarray,
+    batch_size: int,
+    seconds: float = TIMING_SECONDS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Images per second at ``batch_size`` (the sample repeated to fill a batch), timed for about ``seconds``."""
+    batch = np.resize(images, (batch_size, *images.shape[1:]))
+    engine.predict(batch)  # warm-up: first-call allocations and, for some engines, shape-specific compilation
+    runs, start = 0, clock()
+    while runs < 2 or clock() - start < seconds:
+        engine.predict(batch)
+        runs += 1
+    return runs * batch_size / (clock() - start)
+
+
+def measure(
+    names: Sequence[str],
+    build: Callable[[str], Engine],
+    images: np.ndarray,
+    outputs: np.ndarray,
+    *,
+    classes: int,
+    batch_size: int,
+    ood_threshold: float | None = None,
+    seconds: float = TIMING_SECONDS,
+) -> list[Candidate]:
+    """Every candidate checked on the sample, and the eligible ones timed; one that fails is recorded, not raised."""
+    candidates = []
+    for name in names:
+        engine = None  # the previous candidate's memory goes before the next one is built
+        try:
+            engine = build(name)
+            candidate = check(name, engine, images, outputs, classes, ood_threshold)
+            if candidate.eligible:
+                rate = speed(engine, images, batch_size, seconds)
+                candidate = Candidate(**{**asdict(candidate), "images_per_s": rate})
+        except Exception as exc:  # an engine that cannot run here is not a reason to stop the server
+            candidate = Candidate(name, error=(str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        candidates.append(candidate)
+    return candidates
+
+
+def measure_model(
+    tag: str, names: Sequence[str], threads: int, batch_size: int, cache_dir: Path | None
+) -> list[Candidate]:
+    """``measure`` for model ``tag`` on the CPU, its engines built as the server builds them. Run in a process of its
+    own (spawned), so the engines it loads do not stay in the server's manager."""
+    from classifier.device import CPU
+    from classifier.engines import make_engine
+    from classifier.store import describe_model, load_reference
+
+    model = describe_model(tag)
+    sample = load_reference(model)
+    if sample is None:
+        raise EngineError(f"model {tag} has no reference sample")
+    return measure(
+        names,
+        lambda name: make_engine(model, name, CPU, threads=threads, cache_dir=cache_dir),
+        sample.images,
+        sample.outputs,
+        classes=model.contract.num_classes,
+        batch_size=batch_size,
+        ood_threshold=model.contract.ood.threshold if model.contract.ood is not None else None,
+    )
+
+
+def fastest(candidates: Sequence[Candidate]) -> str:
+    """The fastest eligible candidate; EngineError when none is."""
+    eligible = [c for c in candidates if c.eligible and c.images_per_s is not None]
+    if not eligible:
+        raise EngineError(
+            "no engine reproduced PyTorch fp32 on the reference sample here: "
+            + "; ".join(c.describe() for c in candidates)
+            + "; set CLASSIFIER_ENGINE to one of them"
+        )
+    return max(eligible, key=lambda c: c.images_per_s or 0.0).name
+
+
+def host_description(threads: int, batch_size: int, names: Sequence[str]) -> str:
+    """What the measurement depends on besides the model: CPU, its matrix-unit flags, threads, batch size, candidates
+    and the engine packages' versions."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    versions = []
+    for package in PACKAGES:
+        try:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    have = [f for f in CPU_FLAGS if f in flags]
+    return (
+        f"{model} [{' '.join(have) or 'no avx2'}], {os.cpu_count()} cores, {threads} threads, batch {batch_size}; "
+        f"{', '.join(names)}; {', '.join(versions)}"
+    )
+
+
+def cache_path(cache_dir: Path, model_tag: str, host: str) -> Path:
+    key = hashlib.sha256(f"{model_tag}\n{host}".encode()).hexdigest()[:16]
+    return cache_dir / "engine-choice" / f"{model_tag.replace(':', '-')}-{key}.json"
+
+
+def cached(cache_dir: Path | None, model_tag: str, host: str) -> EngineChoice | None:
+    """The choice made earlier for this model and host, if one is cached and readable."""
+    if cache_dir is None:
+        return None
+    try:
+        choice = EngineChoice.from_json(cache_path(cache_dir, model_tag, host).read_text(), cached=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return choice if choice.host == host else None
+
+
+def remember(cache_dir: Path | None, model_tag: str, choice: EngineChoice) -> None:
+    """Cache ``choice``; a folder that cannot be written only costs the next start a measurement."""
+    if cache_dir is None:
+        return
+    path = cache_path(cache_dir, model_tag, choice.host)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(choice.to_json())
+    except OSError as exc:
+        logger.warning("cannot cache the engine choice in %s (%s): the next start measures again", path, exc)
