@@ -1,9 +1,13 @@
 """The side-by-side benchmark, in one run on one machine:
 
-1. the raw engines with no HTTP (PyTorch eager, ONNX Runtime fp32 and INT8) at the served batch sizes;
-2. our service end to end under locust at fixed concurrencies, with the fp32 and the INT8 engine;
-3. the reference plain BentoML service (loadtests/reference_service.py) under exactly the same load;
-4. a table of images/s and p50/p99 latency with the ratios, written to --out as CSV, Markdown, JSON and PNG.
+1. the raw engines with no HTTP (PyTorch eager, ONNX Runtime and OpenVINO on the fp32 and INT8 graphs) at the
+   served batch sizes;
+2. our service end to end under locust at fixed concurrencies: the default configuration (CLASSIFIER_ENGINE=auto)
+   and each ONNX Runtime engine;
+3. the reference plain BentoML service (loadtests/reference_service.py) and the peers (loadtests/peers: TorchServe,
+   Triton as typically deployed and with the engine our service chose) under exactly the same load;
+4. a table of images/s and p50/p99 latency with the ratios and issue 15's targets, written to --out as CSV,
+   Markdown, JSON and PNG.
 
     python -m loadtests.benchmark --model transfer-classifier:latest
 
@@ -20,18 +24,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.contract import ContractError
 from classifier.engines import ENGINES, exportable_engines
 from loadtests.host import describe_host, host_line
+from loadtests.peers import PeerUnavailable, torchserve, triton
 from loadtests.results import Level, median_engines, median_level, plot, table, write_csv
 from loadtests.servers import REPO, serve
 from loadtests.sweep import sweep
@@ -46,31 +55,53 @@ CPU_GRAPH_ENGINES = tuple(name for name in exportable_engines() if "cpu" in ENGI
 @dataclass(frozen=True)
 class Contender:
     name: str
-    target: str
+    start: Callable[[], AbstractContextManager[str]]  # starts the server, yields its URL, stops it
     endpoint: str
-    field: str
-    env: dict[str, str] = field(default_factory=dict)
+    field: str = "image"  # the multipart field
+    body: str = "multipart"  # or "triton": Triton's binary tensor extension
 
 
-def contenders(model: str, engines: list[str]) -> list[Contender]:
+def contenders(model: str, engines: list[str], batching: dict[str, str]) -> list[Contender]:
     ours = [
         Contender(
             f"ours ({engine})",
-            "service.service:ImageClassifier",
+            functools.partial(serve, {**batching, "CLASSIFIER_MODEL_TAG": model, "CLASSIFIER_ENGINE": engine}),
             "/v1/predict",
-            "image",
-            {"CLASSIFIER_MODEL_TAG": model, "CLASSIFIER_ENGINE": engine},
         )
         for engine in engines
     ]
+    reference_env = {**batching, "REFERENCE_MODEL_TAG": model}
     reference = Contender(
         "reference",
-        "loadtests.reference_service:ReferenceClassifier",
+        functools.partial(serve, reference_env, target="loadtests.reference_service:ReferenceClassifier"),
         "/classify",
         "images",
-        {"REFERENCE_MODEL_TAG": model},
     )
     return [*ours, reference]
+
+
+def peers(model: str, names: list[str], chosen: str | None, max_batch_size: int) -> list[Contender]:
+    """TorchServe and Triton (as typically deployed, and with the engine our service chose) on the same model."""
+    found = []
+    if "torchserve" in names:
+        start = functools.partial(torchserve.serve, model, max_batch_size=max_batch_size)
+        found.append(Contender("torchserve", start, f"/predictions/{torchserve.MODEL}", "data"))
+    if "triton" in names:
+        engines = ["onnx"]
+        if chosen in triton.ENGINES and chosen != "onnx":
+            engines.append(chosen)
+        elif chosen is not None and chosen not in triton.ENGINES:
+            logger.warning("triton: no row with our chosen engine %s: its environment runs %s", chosen, triton.ENGINES)
+        for engine in engines:
+            start = functools.partial(triton.serve, model, engine, max_batch_size=max_batch_size)
+            found.append(Contender(f"triton ({engine})", start, f"/v2/models/{triton.MODEL}/infer", body="triton"))
+    return found
+
+
+def chosen_engine(url: str) -> str | None:
+    """The engine our service's auto chose, from its /v1/model."""
+    with urllib.request.urlopen(f"{url}/v1/model", timeout=30) as response:
+        return json.load(response)["engine"]
 
 
 def engine_speeds(model: str, photos: Path, batch_sizes: str, seconds: float, path: Path) -> dict:
@@ -126,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(("auto", *CPU_GRAPH_ENGINES)),
         help="our service's engines to measure, comma-separated (from the engine registry)",
     )
+    p.add_argument(
+        "--peers",
+        default="torchserve,triton",
+        help="peers to measure beside ours, comma-separated (torchserve, triton; empty: none); each is set up in a "
+        "virtual environment of its own on first use",
+    )
     p.add_argument("--concurrency", default="8,16,32", help="concurrent clients, comma-separated")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each measuring everything once; medians are reported")
     p.add_argument("--batch-sizes", default="1,4,8,16", help="raw engine batch sizes (the served ones)")
@@ -139,9 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def measure(args: argparse.Namespace, model: str) -> tuple[list[dict], dict[str, dict[int, list[Level]]]]:
+def measure(
+    args: argparse.Namespace, model: str, skipped: dict[str, str]
+) -> tuple[list[dict], dict[str, dict[int, list[Level]]], str | None]:
     """Start every contender, then run the rounds: raw engines, then each concurrency on each contender.
-    Returns the raw engine runs and {contender: {clients: [Level per round]}}."""
+    Returns the raw engine runs, {contender: {clients: [Level per round]}} and the engine our auto chose; a peer
+    that cannot be set up here is left out, with why, in ``skipped``."""
     batching = {"CLASSIFIER_MAX_BATCH_SIZE": str(args.max_batch_size), "CLASSIFIER_MAX_LATENCY_MS": "10000"}
     levels = [int(c) for c in args.concurrency.split(",")]
     engine_runs: list[dict] = []
@@ -149,11 +189,17 @@ def measure(args: argparse.Namespace, model: str) -> tuple[list[dict], dict[str,
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))  # per-round raw runs; --out gets the medians
         servers = []
-        for contender in contenders(model, args.engines.split(",")):
-            logger.info("%s: starting %s", contender.name, contender.target)
-            servers.append(
-                (contender, stack.enter_context(serve({**batching, **contender.env}, target=contender.target)))
-            )
+        for contender in contenders(model, args.engines.split(","), batching):
+            logger.info("%s: starting", contender.name)
+            servers.append((contender, stack.enter_context(contender.start())))
+        chosen = next((chosen_engine(url) for c, url in servers if c.name == "ours (auto)"), None)
+        for peer in peers(model, [p for p in args.peers.split(",") if p], chosen, args.max_batch_size):
+            logger.info("%s: setting up and starting", peer.name)
+            try:
+                servers.append((peer, stack.enter_context(peer.start())))
+            except PeerUnavailable as exc:
+                logger.warning("%s: left out: %s", peer.name, exc)
+                skipped[peer.name] = str(exc)
         for r in range(1, args.rounds + 1):
             logger.info("round %d of %d: raw engines on %s ...", r, args.rounds, args.photos)
             engine_runs.append(
@@ -174,10 +220,11 @@ def measure(args: argparse.Namespace, model: str) -> tuple[list[dict], dict[str,
                             "photo_sizes": args.sizes,
                             "endpoint": contender.endpoint,
                             "field": contender.field,
+                            "body": contender.body,
                         },
                     )
                     runs[contender.name][users].append(level)
-    return engine_runs, runs
+    return engine_runs, runs, chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,17 +240,21 @@ def main(argv: list[str] | None = None) -> int:
         model = describe_model(args.model).tag  # one version for every contender and round
     except ContractError as exc:
         raise SystemExit(f"error: {exc}") from None
-    engine_runs, runs = measure(args, model)
+    skipped: dict[str, str] = {}
+    engine_runs, runs, chosen = measure(args, model, skipped)
     engines = median_engines(engine_runs)
     results = {name: [median_level(rounds) for rounds in per_level.values()] for name, per_level in runs.items()}
     host = describe_host()
-    text, targets = table(engines, results, host["flags"])
+    text, targets = table(engines, results, host["flags"], chosen)
     write_csv(results, args.out / "benchmark.csv")
     sizes = f"photos at {args.sizes} px" if args.sizes else "photos as they are"
     plot(results, args.out / "benchmark.png", f"{model} on this machine, one photo per request, {sizes}")
     report = (
         f"{host_line(host)}\nLoad: one photo per request, {sizes}, from {args.photos}. Medians of {args.rounds} "
-        f"interleaved rounds.\n\n{text}\n\n" + "\n".join(targets) + "\n"
+        f"interleaved rounds.\n\n{text}\n\n"
+        + "\n".join(targets)
+        + "\n"
+        + "".join(f"\nLeft out: {name}: {why}\n" for name, why in skipped.items())
     )
     (args.out / "benchmark.md").write_text(report)
     (args.out / "engines.json").write_text(json.dumps(engines, indent=2) + "\n")
@@ -212,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "host": host,
                 "engines": engines,
+                "auto_chose": chosen,
+                "skipped": skipped,
                 "services": {name: [vars(lv) for lv in levels] for name, levels in results.items()},
                 "rounds": {
                     "engines": [r["images_per_s"] for r in engine_runs],

@@ -28,6 +28,7 @@ DEFAULTS = {
     "endpoint": "/v1/predict",
     "field": "image",
     "photo_sizes": "",
+    "body": "multipart",
     "seed": None,
 }
 
@@ -66,6 +67,13 @@ def _options(parser) -> None:
         help="longest sides PhotoUser re-encodes each photo at, comma-separated (default: none, each photo as it is)",
     )
     group.add_argument(
+        "--body",
+        default=DEFAULTS["body"],
+        choices=("multipart", "triton"),
+        help="PhotoUser's request body: multipart (in --field) or triton (Triton's binary tensor extension; "
+        "default: multipart)",
+    )
+    group.add_argument(
         "--seed",
         type=int,
         default=DEFAULTS["seed"],
@@ -90,8 +98,8 @@ def _realistic(photos: str, sizes: str, batch_images: int, batch_share: float, m
 
 
 @functools.cache
-def _photos(photos: str, field: str, sizes: str) -> Traffic:
-    return photo_traffic(photo_files(Path(photos)), field, _sizes(sizes))
+def _photos(photos: str, field: str, sizes: str, body: str = "multipart") -> Traffic:
+    return photo_traffic(photo_files(Path(photos)), field, _sizes(sizes), body)
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -113,7 +121,7 @@ class _Sender(FastHttpUser):
         with self.client.post(
             path,
             data=payload.body,
-            headers={"Content-Type": payload.content_type},
+            headers={"Content-Type": payload.content_type, **dict(payload.headers)},
             name=payload.label,
             catch_response=True,
             context={"images": payload.images},
@@ -159,7 +167,9 @@ class PhotoUser(_Sender):
     def on_start(self) -> None:
         super().on_start()
         env = self.environment
-        self.traffic = _photos(option(env, "photos"), option(env, "field"), option(env, "photo_sizes"))
+        self.traffic = _photos(
+            option(env, "photos"), option(env, "field"), option(env, "photo_sizes"), option(env, "body")
+        )
         self.endpoint = option(env, "endpoint")
 
     @task

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,55 @@ def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
             return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+@contextlib.contextmanager
+def run_until_ready(
+    command: list[str],
+    probe_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 180,
+    ready: Callable[[bytes], bool] = lambda body: True,
+) -> Iterator[subprocess.Popen]:
+    """Start ``command`` and yield it once ``probe_url`` answers 200 with a body ``ready`` accepts (polled, never a
+    fixed sleep); stop it afterwards (SIGTERM, then SIGKILL after 60 s). Its output is shown if it fails to start."""
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not _answers(probe_url, ready):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"{command[0]} did not become ready:\n{log.read()[-4000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the whole session: TorchServe's Java and its Python workers
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _answers(url: str, ready: Callable[[bytes], bool]) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200 and ready(response.read())
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
 

@@ -8,7 +8,9 @@ requests that must get their documented 4xx.
 from __future__ import annotations
 
 import io
+import json
 import random
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ class Payload:
     images: int  # images it carries (0 for a malformed request)
     status: int = 200
     reason: str | None = None  # the error reason expected with a 4xx
+    headers: tuple[tuple[str, str], ...] = ()  # besides Content-Type
 
 
 def photo_files(folder: Path) -> list[Path]:
@@ -135,12 +138,38 @@ def realistic_traffic(
     return Traffic(singles, batches, tuple(malformed_payloads(photos[0].read_bytes())), batch_share, malformed_share)
 
 
-def photo_traffic(photos: list[Path], field: str = "image", sizes: tuple[int, ...] = ()) -> Traffic:
-    """The benchmark's traffic: one photo per multipart request in ``field``, each photo as it is or,
-    with ``sizes``, re-encoded at each of those longest sides."""
+def photo_traffic(
+    photos: list[Path], field: str = "image", sizes: tuple[int, ...] = (), body: str = "multipart"
+) -> Traffic:
+    """The benchmark's traffic: one photo per request, as it is or, with ``sizes``, re-encoded at each of those
+    longest sides; ``body`` "multipart" (in ``field``) or "triton" (Triton's binary tensor extension)."""
     if sizes:
         files = [(f"{p.stem}-{size}px.jpg", resized_jpeg(p.read_bytes(), size)) for p in photos for size in sizes]
     else:
         files = [(p.name, p.read_bytes()) for p in photos]
-    singles = tuple(Payload("photo", *multipart(field, [(name, data)]), 1) for name, data in files)
+    if body == "triton":
+        singles = tuple(_triton_payload(data) for _, data in files)
+    elif body == "multipart":
+        singles = tuple(Payload("photo", *multipart(field, [(name, data)]), 1) for name, data in files)
+    else:
+        raise ValueError(f"unknown body {body!r}: multipart or triton")
     return Traffic(singles, (), (), batch_share=0.0, malformed_share=0.0)
+
+
+def triton_request(photo: bytes, tensor: str = "image", output: str = "probabilities") -> tuple[bytes, dict[str, str]]:
+    """One photo as a BYTES tensor in Triton's binary extension (no base64), and the request's headers."""
+    header = {
+        "inputs": [
+            {"name": tensor, "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 4 + len(photo)}}
+        ],
+        "outputs": [{"name": output, "parameters": {"binary_data": False}}],
+    }
+    head = json.dumps(header).encode()
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
+    return head + struct.pack("<I", len(photo)) + photo, headers
+
+
+def _triton_payload(photo: bytes) -> Payload:
+    body, headers = triton_request(photo)
+    content_type = headers.pop("Content-Type")
+    return Payload("photo", body, content_type, 1, headers=tuple(headers.items()))

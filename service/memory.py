@@ -1,4 +1,4 @@
-"""Give the allocator's free-but-held memory back to the system, every few seconds, in each worker.
+"""Give the allocator's free-but-held memory back to the system, once a minute by default, in each worker.
 
 glibc's malloc keeps memory that a request freed for the next one, in one arena per thread that
 allocated it. Under steady load a worker's RSS then drifts with which arenas happen to hold free pages,
@@ -11,7 +11,6 @@ for a few hundred MiB, once per interval.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import threading
 from collections.abc import Callable
@@ -21,11 +20,8 @@ logger = logging.getLogger(__name__)
 
 def glibc_trim() -> Callable[[], bool] | None:
     """glibc's ``malloc_trim(0)`` as a call that says whether it released memory; None on other C libraries."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols, libc's among them
     except (OSError, AttributeError):  # musl, macOS: no malloc_trim
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
@@ -35,10 +31,11 @@ def glibc_trim() -> Callable[[], bool] | None:
 def start_trimming(interval_s: float, trim: Callable[[], bool] | None = None) -> threading.Event | None:
     """Trim every ``interval_s`` seconds in a daemon thread (ctypes lets go of the GIL meanwhile) until
     the returned event is set; None when ``interval_s`` is 0 or the C library cannot trim."""
+    if interval_s <= 0:
+        return None
     trim = trim or glibc_trim()
-    if interval_s <= 0 or trim is None:
-        if interval_s > 0:
-            logger.info("this C library has no malloc_trim: memory is not trimmed")
+    if trim is None:
+        logger.info("this C library has no malloc_trim: memory is not trimmed")
         return None
     stop = threading.Event()
 

@@ -93,8 +93,8 @@ class ModelRunner:
         check_version()
         try:
             serving = decide(settings)
-            # A corrupt or foreign file stops the server here, not in a worker (auto's measurement has built it).
-            if ENGINES[serving.engine].reads_file and serving.choice is None:
+            # A corrupt or foreign file stops the server here, not in a worker (a fresh measurement has built it).
+            if ENGINES[serving.engine].reads_file and (serving.choice is None or serving.choice.cached):
                 make_engine(serving.model, serving.engine, serving.device, threads=1, cache_dir=settings.cache_folder)
         except (ContractError, EngineError, ValueError, ImportError) as exc:  # ImportError: a package not installed
             print(f"error: {exc}", file=sys.stderr)

@@ -43,8 +43,8 @@ class ServiceSettings(BaseSettings):
     )
     engine: str = Field(
         "auto",
-        description="auto (ONNX Runtime fp32 on the CPU when the model has it, else torch), "
-        f"or one of: {', '.join(ENGINES)}; pinned at start-up",
+        description="auto (on the CPU the fastest engine that reproduces PyTorch fp32 on this host, by measurement: "
+        f"docs/serving.md#engines; on a GPU torch), or one of: {', '.join(ENGINES)}; pinned at start-up",
     )
     compile: bool = Field(False, description="GPU: torch.compile the model for fixed batch sizes (slower start-up)")
     jpeg_decode: str = Field(

@@ -14,7 +14,6 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +28,7 @@ from service.settings import ENV_PREFIX, ServiceSettings
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 CHOICE_ENV = "_CLASSIFIER_ENGINE_CHOICE"  # the measurement behind the engine, for /v1/model; not a setting
+MEASURE_TIMEOUT_S = 300.0  # a hung engine build must not hold the start-up forever
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,9 @@ def decide(settings: ServiceSettings) -> Serving:
 def measured_choice(model: ModelDescription, settings: ServiceSettings) -> engine_choice.EngineChoice | None:
     """The fastest eligible CPU engine for ``model`` on this host, from the cache or measured now; None where there
     is nothing to measure (one candidate, or a model saved without a reference sample)."""
-    names = [n for n in model.engines if "cpu" in ENGINES[n].devices and ENGINES[n].installed]
+    names, threads, host = candidates_here(model, settings)
     if len(names) < 2 or model.reference_path is None:
         return None
-    threads = cpu_threads(settings.inference_threads, workers=settings.model_workers)
-    host = engine_choice.host_description(threads, settings.max_batch_size, names)
     cache = settings.cache_folder
     if (known := engine_choice.cached(cache, model.tag, host)) is not None:
         logger.info(known.describe())
@@ -76,12 +74,13 @@ def measured_choice(model: ModelDescription, settings: ServiceSettings) -> engin
         candidates = in_own_process(
             engine_choice.measure_model, model.tag, names, threads, settings.max_batch_size, cache
         )
-    except Exception as exc:  # the measuring process died (out of memory, a crash in an engine's native code)
-        logger.warning("engine auto: the measurement failed (%s); serving the default engine", exc)
+    except Exception as exc:  # the measuring process died (out of memory, a crash in native code) or hung
+        logger.warning("engine auto: the measurement failed (%r); serving the default engine", exc)
         return None
     made = engine_choice.EngineChoice(engine_choice.fastest(candidates), tuple(candidates), host)
     logger.info(made.describe())
-    engine_choice.remember(cache, model.tag, made)
+    if (path := engine_choice.remember(cache, model.tag, made)) is not None:
+        logger.info("engine auto: choice cached in %s (delete it to measure again)", path)
     return made
 
 
@@ -92,10 +91,19 @@ def engine_choice_info(choice: engine_choice.EngineChoice | None) -> EngineChoic
     return EngineChoiceInfo(chosen=choice.chosen, cached=choice.cached, host=choice.host, candidates=candidates)
 
 
-def in_own_process(function: Callable[..., T], *args: Any) -> T:
-    """``function(*args)`` in a fresh (spawned) process: what it imports and allocates goes when it returns."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
+def candidates_here(model: ModelDescription, settings: ServiceSettings) -> tuple[list[str], int, str]:
+    """The CPU engines ``model`` carries that are installed here, the threads each would get, and the host
+    description the choice is cached under."""
+    names = [n for n in model.engines if "cpu" in ENGINES[n].devices and ENGINES[n].installed]
+    threads = cpu_threads(settings.inference_threads, workers=settings.model_workers)
+    return names, threads, engine_choice.host_description(threads, settings.max_batch_size, names)
+
+
+def in_own_process(function: Callable[..., T], *args: Any, timeout_s: float = MEASURE_TIMEOUT_S) -> T:
+    """``function(*args)`` in a fresh (spawned) process, killed after ``timeout_s`` (multiprocessing.TimeoutError):
+    what it imports and allocates goes when it returns."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # leaving the block terminates the process
+        return pool.apply_async(function, args).get(timeout_s)
 
 
 def reported_choice() -> engine_choice.EngineChoice | None:
@@ -122,3 +130,5 @@ def pin(serving: Serving) -> None:
     os.environ[ENV_PREFIX + "ENGINE"] = serving.engine
     if serving.choice is not None:
         os.environ[CHOICE_ENV] = serving.choice.to_json()
+    else:
+        os.environ.pop(CHOICE_ENV, None)

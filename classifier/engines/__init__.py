@@ -260,7 +260,9 @@ class RescaledOod:
 def agreement_caveat(model: ModelDescription, name: str) -> str | None:
     """A warning to log when training measured this engine's top-1 agreement with fp32 under MIN_AGREEMENT, or its
     known/unknown answers' agreement with PyTorch under MIN_KNOWN_AGREEMENT."""
-    recorded = (model.metadata.get("engines") or {}).get(name) or {}
+    spec = ENGINES.get(name)
+    graph = spec.reads if spec is not None and spec.reads is not None else name  # OpenVINO: the graph it runs
+    recorded = (model.metadata.get("engines") or {}).get(graph) or {}
     problems = []
     agreement = recorded.get("top1_agreement_with_fp32")
     if agreement is not None and agreement < MIN_AGREEMENT:

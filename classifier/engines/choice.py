@@ -45,11 +45,13 @@ class Candidate:
     images_per_s: float | None = None
     error: str | None = None
     known_agreement: float | None = None  # of the known/unknown flag, for a model with an OOD score
+    caveat: str | None = None  # training's comparison on the whole test split found it wanting (agreement_caveat)
 
     @property
     def eligible(self) -> bool:
         return (
             self.error is None
+            and self.caveat is None
             and self.agreement is not None
             and self.agreement >= MIN_AGREEMENT
             and self.probability_diff is not None
@@ -62,7 +64,11 @@ class Candidate:
             return f"{self.name} failed ({self.error})"
         speed = f", {self.images_per_s:.1f} images/s" if self.images_per_s is not None else ""
         known = f", known {self.known_agreement:.1%}" if self.known_agreement is not None else ""
-        verdict = "" if self.eligible else " (not eligible)"
+        verdict = (
+            ""
+            if self.eligible
+            else " (not eligible" + (": training's test split disagrees" if self.caveat else "") + ")"
+        )
         return f"{self.name} {self.agreement:.1%} agreement, diff {self.probability_diff:.3f}{known}{speed}{verdict}"
 
 
@@ -130,14 +136,18 @@ def measure(
     batch_size: int,
     ood_threshold: float | None = None,
     seconds: float = TIMING_SECONDS,
+    caveat: Callable[[str], str | None] = lambda name: None,
 ) -> list[Candidate]:
-    """Every candidate checked on the sample, and the eligible ones timed; one that fails is recorded, not raised."""
+    """Every candidate checked on the sample, and the eligible ones timed; one that fails is recorded, not raised.
+    ``caveat(name)``: why training's own comparison (on the whole test split, more images than the sample) rules
+    the engine out, or None."""
     candidates = []
     for name in names:
         engine = None  # the previous candidate's memory goes before the next one is built
         try:
             engine = build(name)
             candidate = check(name, engine, images, outputs, classes, ood_threshold)
+            candidate = Candidate(**{**asdict(candidate), "caveat": caveat(name)})
             if candidate.eligible:
                 rate = speed(engine, images, batch_size, seconds)
                 candidate = Candidate(**{**asdict(candidate), "images_per_s": rate})
@@ -153,7 +163,7 @@ def measure_model(
     """``measure`` for model ``tag`` on the CPU, its engines built as the server builds them. Run in a process of its
     own (spawned), so the engines it loads do not stay in the server's manager."""
     from classifier.device import CPU
-    from classifier.engines import make_engine
+    from classifier.engines import agreement_caveat, make_engine
     from classifier.store import describe_model, load_reference
 
     model = describe_model(tag)
@@ -168,6 +178,7 @@ def measure_model(
         classes=model.contract.num_classes,
         batch_size=batch_size,
         ood_threshold=model.contract.ood.threshold if model.contract.ood is not None else None,
+        caveat=lambda name: agreement_caveat(model, name),
     )
 
 
@@ -227,13 +238,18 @@ def cached(cache_dir: Path | None, model_tag: str, host: str) -> EngineChoice | 
     return choice if choice.host == host else None
 
 
-def remember(cache_dir: Path | None, model_tag: str, choice: EngineChoice) -> None:
-    """Cache ``choice``; a folder that cannot be written only costs the next start a measurement."""
-    if cache_dir is None:
-        return
+def remember(cache_dir: Path | None, model_tag: str, choice: EngineChoice) -> Path | None:
+    """Cache ``choice`` and return where; not when a candidate failed (perhaps for a passing reason: memory, a
+    busy host), so the next start measures again. A folder that cannot be written costs only that."""
+    if cache_dir is None or any(c.error is not None for c in choice.candidates):
+        return None
     path = cache_path(cache_dir, model_tag, choice.host)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(choice.to_json())
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(choice.to_json())
+        os.replace(partial, path)  # two servers starting at once never leave half a file
     except OSError as exc:
         logger.warning("cannot cache the engine choice in %s (%s): the next start measures again", path, exc)
+        return None
+    return path

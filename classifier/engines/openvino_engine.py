@@ -33,7 +33,13 @@ class OpenVinoEngine:
         core = ov.Core()
         if cache_dir is not None:
             core.set_property({"CACHE_DIR": str(cache_dir)})
-        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        # No pinning: with several model workers each would pin its threads to the same first cores.
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False,
+        }
         try:
             self.compiled = core.compile_model(str(path), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for a missing or foreign file

@@ -88,3 +88,22 @@ def test_a_corrupt_onnx_graph(trained_model):
     assert_refused(
         start({"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_DEVICE": "cpu", "CLASSIFIER_ENGINE": "onnx"}), "cannot load"
     )
+
+
+def test_a_cached_engine_choice_still_refuses_a_corrupt_graph(trained_model, tmp_path):
+    """A restart that reads the engine choice from the cache builds nothing while deciding: the start-up check
+    must still build the chosen engine, so a graph corrupted since stops the server in one line."""
+    from classifier.engines.choice import Candidate, EngineChoice, remember
+    from classifier.store import REFERENCE_FILE, describe_model
+    from service.settings import ServiceSettings
+    from service.startup import candidates_here
+
+    source = bentoml.models.get(trained_model)
+    names = (ENGINES["onnx"].file, ENGINES["onnx-int8"].file, REFERENCE_FILE)
+    files = {name: open(source.path_of(name), "rb").read() for name in names}
+    graph = files[ENGINES["onnx"].file]
+    tag = copy_model(trained_model, "cached-choice", files={**files, ENGINES["onnx"].file: graph[: len(graph) // 2]})
+    env = {"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_DEVICE": "cpu", "CLASSIFIER_CACHE_DIR": str(tmp_path)}
+    _, _, host = candidates_here(describe_model(tag), ServiceSettings.from_env(env))
+    assert remember(tmp_path, tag, EngineChoice("onnx", (Candidate("onnx", 1.0, 0.0, images_per_s=50.0),), host))
+    assert_refused(start(env), "cannot load")

@@ -143,3 +143,27 @@ def test_an_engine_whose_ood_score_flips_the_known_flag_is_not_eligible():
     )
     assert (below.known_agreement, below.eligible) == (1.0, True)
     assert (across.known_agreement, across.eligible) == (0.0, False)
+
+
+def test_training_s_verdict_on_the_whole_test_split_overrides_a_lucky_sample():
+    engines = {"exact": FakeEngine("exact", 0.004), "lucky": FakeEngine("lucky", 0.0)}
+    candidates = measure(
+        list(engines),
+        engines.__getitem__,
+        IMAGES,
+        OUTPUTS,
+        classes=CLASSES,
+        batch_size=4,
+        seconds=0.01,
+        caveat=lambda name: "agreed on 97%" if name == "lucky" else None,
+    )
+    assert candidates[1].agreement == 1.0 and not candidates[1].eligible and candidates[1].images_per_s is None
+    assert fastest(candidates) == "exact"
+    assert "training's test split disagrees" in candidates[1].describe()
+
+
+def test_a_choice_with_a_failed_candidate_is_not_cached(tmp_path):
+    failed = EngineChoice("a", (Candidate("a", 1.0, 0.0, 5.0), Candidate("b", error="out of memory")), host="h")
+    assert engine_choice.remember(tmp_path, "m:v1", failed) is None
+    assert engine_choice.cached(tmp_path, "m:v1", "h") is None
+    assert not list(tmp_path.rglob("*.tmp"))

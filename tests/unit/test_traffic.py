@@ -202,3 +202,25 @@ def test_the_default_configuration_is_held_to_the_best_eligible_engine_and_a_cpu
     _, on_amx = table(engines, results, ["avx512_vnni", "amx_tile"])
     assert on_amx[1].startswith("[MISSED] ours (auto) at 32 clients: 3.88x reference (target >= 5 on this CPU)")
     assert not any("ours (auto)" in t and "fp32 engine" in t for t in targets)  # not held to the older targets
+
+
+def test_the_default_configuration_against_the_peers():
+    engines = {"images_per_s": {"onnx": {"16": 20.0}}, "top1_agreement_with_fp32": {"onnx": 1.0}, "photos": 3}
+    results = {
+        "ours (auto)": [_level(32, 30.0, 1000)],
+        "reference": [_level(32, 10.0, 3000)],
+        "torchserve": [_level(32, 12.0, 2500)],
+        "triton (onnx)": [_level(32, 20.0, 900)],  # faster than half of ours, and a lower p99
+        "triton (openvino-int8)": [_level(32, 32.0, 800)],
+    }
+    _, targets = table(engines, results, [], chosen="openvino-int8")
+    assert "[met] ours (auto) at 32 clients: 2.50x torchserve (target >= 2) with p99 1000 vs 2500 ms" in targets[2]
+    assert targets[3].startswith("[MISSED] ours (auto) at 32 clients: 1.50x triton (onnx) (target >= 2)")
+    assert (
+        targets[4] == "[met] ours (auto) at 32 clients: 0.94x triton (openvino-int8), the same engine (target >= 0.9)"
+    )
+    assert targets[5] == "[met] failed requests: none (target: none)"
+    broken = {**results, "torchserve": [Level(**{**vars(results["torchserve"][0]), "failures": 3})]}
+    assert table(engines, broken, [], chosen="openvino-int8")[1][5] == (
+        "[MISSED] failed requests: {'torchserve': 3} (target: none)"
+    )
