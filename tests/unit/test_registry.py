@@ -137,7 +137,8 @@ def test_auto_measures_the_candidates_once_then_reads_the_cache(fake_engine, con
 
     monkeypatch.setattr(startup, "in_own_process", inline)
     for var in ("CLASSIFIER_MODEL_TAG", "CLASSIFIER_DEVICE", "CLASSIFIER_ENGINE", startup.CHOICE_ENV):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # recorded, so that what pin() writes is undone after the test
+        monkeypatch.delenv(var)
     env = {"CLASSIFIER_MODEL_TAG": tag, "CLASSIFIER_DEVICE": "cpu", "CLASSIFIER_CACHE_DIR": str(tmp_path / "cache")}
     settings = ServiceSettings.from_env(env)
     serving = startup.decide(settings)

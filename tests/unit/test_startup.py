@@ -18,7 +18,8 @@ def test_decide_resolves_and_pin_makes_every_worker_read_the_decision(contract, 
     network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
     tag = save_model("pinned-test", network, contract, metadata={}, report={})
     for var in ("CLASSIFIER_MODEL_TAG", "CLASSIFIER_DEVICE", "CLASSIFIER_ENGINE"):
-        monkeypatch.delenv(var, raising=False)  # restored (here: removed again) after the test
+        monkeypatch.setenv(var, "")  # recorded, so that what pin() writes is undone after the test
+        monkeypatch.delenv(var)
     settings = ServiceSettings.from_env({"CLASSIFIER_MODEL_TAG": "pinned-test:latest", "CLASSIFIER_DEVICE": "cpu"})
     serving = decide(settings)
     assert (serving.model.tag, serving.device, serving.engine) == (tag, CPU, "torch")  # no graphs
