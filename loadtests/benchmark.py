@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +43,9 @@ from classifier.contract import ContractError
 from classifier.engines import ENGINES, exportable_engines
 from loadtests.host import describe_host, host_line
 from loadtests.peers import PeerUnavailable, torchserve, triton
+from loadtests.processes import cpu_seconds
 from loadtests.results import Level, median_engines, median_level, plot, table, write_csv
-from loadtests.servers import REPO, serve
+from loadtests.servers import REPO, serve_process
 from loadtests.sweep import sweep
 from loadtests.traffic import PHOTOS, photo_files
 
@@ -55,7 +58,7 @@ CPU_GRAPH_ENGINES = tuple(name for name in exportable_engines() if "cpu" in ENGI
 @dataclass(frozen=True)
 class Contender:
     name: str
-    start: Callable[[], AbstractContextManager[str]]  # starts the server, yields its URL, stops it
+    start: Callable[[], AbstractContextManager[tuple[str, int]]]  # starts the server, yields (URL, root pid), stops it
     endpoint: str
     field: str = "image"  # the multipart field
     body: str = "multipart"  # or "triton": Triton's binary tensor extension
@@ -65,7 +68,7 @@ def contenders(model: str, engines: list[str], batching: dict[str, str]) -> list
     ours = [
         Contender(
             f"ours ({engine})",
-            functools.partial(serve, {**batching, "CLASSIFIER_MODEL_TAG": model, "CLASSIFIER_ENGINE": engine}),
+            functools.partial(_bentoml, {**batching, "CLASSIFIER_MODEL_TAG": model, "CLASSIFIER_ENGINE": engine}),
             "/v1/predict",
         )
         for engine in engines
@@ -73,11 +76,17 @@ def contenders(model: str, engines: list[str], batching: dict[str, str]) -> list
     reference_env = {**batching, "REFERENCE_MODEL_TAG": model}
     reference = Contender(
         "reference",
-        functools.partial(serve, reference_env, target="loadtests.reference_service:ReferenceClassifier"),
+        functools.partial(_bentoml, reference_env, target="loadtests.reference_service:ReferenceClassifier"),
         "/classify",
         "images",
     )
     return [*ours, reference]
+
+
+@contextlib.contextmanager
+def _bentoml(env: dict[str, str], target: str = "service.service:ImageClassifier") -> Iterator[tuple[str, int]]:
+    with serve_process(env, target=target) as server:
+        yield server.url, server.process.pid
 
 
 def peers(model: str, names: list[str], chosen: str | None, max_batch_size: int) -> list[Contender]:
@@ -96,6 +105,12 @@ def peers(model: str, names: list[str], chosen: str | None, max_batch_size: int)
             start = functools.partial(triton.serve, model, engine, max_batch_size=max_batch_size)
             found.append(Contender(f"triton ({engine})", start, f"/v2/models/{triton.MODEL}/infer", body="triton"))
     return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by the server's processes (all of them: BentoML's three, TorchServe's Java and
+    Python worker, pytriton's Python and tritonserver)."""
+    return sum(cpu_seconds(pid).values())
 
 
 def chosen_engine(url: str) -> str | None:
@@ -192,7 +207,7 @@ def measure(
         for contender in contenders(model, args.engines.split(","), batching):
             logger.info("%s: starting", contender.name)
             servers.append((contender, stack.enter_context(contender.start())))
-        chosen = next((chosen_engine(url) for c, url in servers if c.name == "ours (auto)"), None)
+        chosen = next((chosen_engine(url) for c, (url, _) in servers if c.name == "ours (auto)"), None)
         for peer in peers(model, [p for p in args.peers.split(",") if p], chosen, args.max_batch_size):
             logger.info("%s: setting up and starting", peer.name)
             try:
@@ -206,8 +221,9 @@ def measure(
                 engine_speeds(model, args.photos, args.batch_sizes, args.engine_seconds, scratch / f"engines-{r}.json")
             )
             for users in levels:
-                for contender, url in servers:
+                for contender, (url, pid) in servers:
                     logger.info("round %d: %s", r, contender.name)
+                    cpu, start = _cpu_seconds(pid), time.monotonic()
                     (level,) = sweep(
                         url,
                         [users],
@@ -223,6 +239,11 @@ def measure(
                             "body": contender.body,
                         },
                     )
+                    # CPU per image: the server's CPU rate over the warm-up and the measurement, over the rate of
+                    # images answered in the measurement (the load is steady across both)
+                    rate = (_cpu_seconds(pid) - cpu) / (time.monotonic() - start)
+                    cpu_ms = rate * 1000 / level.images_per_s if level.images_per_s else None
+                    level = dataclasses.replace(level, cpu_ms_per_image=cpu_ms)
                     runs[contender.name][users].append(level)
     return engine_runs, runs, chosen
 

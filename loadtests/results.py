@@ -30,6 +30,7 @@ class Level:
     p99_ms: float
     max_ms: float
     failure_examples: str = ""
+    cpu_ms_per_image: float | None = None  # CPU time of the server's processes per image answered
 
 
 class Recorder:
@@ -88,17 +89,31 @@ def median_level(rounds: list[Level]) -> Level:
         p99_ms=med("p99_ms"),
         max_ms=max(lv.max_ms for lv in rounds),
         failure_examples=" | ".join(lv.failure_examples for lv in rounds if lv.failure_examples)[:600],
+        cpu_ms_per_image=_median_of([lv.cpu_ms_per_image for lv in rounds]),
     )
+
+
+def _median_of(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.median(known)) if known else None
 
 
 def median_engines(rounds: list[dict]) -> dict:
     """Raw engine runs (loadtests.engine_bench's JSON) from several rounds: the median images/s per engine and
     batch size; everything else from the first round."""
-    speeds = {
-        name: {batch: float(np.median([r["images_per_s"][name][batch] for r in rounds])) for batch in per}
-        for name, per in rounds[0]["images_per_s"].items()
+
+    def medians(key: str) -> dict:
+        return {
+            name: {batch: float(np.median([r[key][name][batch] for r in rounds])) for batch in per}
+            for name, per in rounds[0].get(key, {}).items()
+        }
+
+    return {
+        **rounds[0],
+        "images_per_s": medians("images_per_s"),
+        "cpu_ms_per_image": medians("cpu_ms_per_image"),
+        "rounds": len(rounds),
     }
-    return {**rounds[0], "images_per_s": speeds, "rounds": len(rounds)}
 
 
 def check_local(host: str) -> str:
@@ -165,8 +180,9 @@ def table(
     lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in per.values()) + " |" for name, per in raw.items()]
     lines += [
         "",
-        "| service | clients | images/s | p50 ms | p99 ms | failures | x reference | p99 / reference's |",
-        "|---|---|---|---|---|---|---|---|",
+        "| service | clients | images/s | p50 ms | p99 ms | failures | x reference | p99 / reference's "
+        "| CPU ms/image |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     reference = {lv.users: lv for lv in results.get("reference", [])}
     for name, levels in results.items():
@@ -174,9 +190,10 @@ def table(
             ref = reference.get(lv.users)
             ratio = f"{lv.images_per_s / ref.images_per_s:.2f}" if ref and ref.images_per_s else "-"
             p99 = f"{lv.p99_ms / ref.p99_ms:.2f}" if ref and ref.p99_ms else "-"
+            cpu = f"{lv.cpu_ms_per_image:.1f}" if lv.cpu_ms_per_image is not None else "-"
             lines.append(
                 f"| {name} | {lv.users} | {lv.images_per_s:.1f} | {lv.p50_ms:.0f} | {lv.p99_ms:.0f} | "
-                f"{lv.failures} | {ratio} | {p99} |"
+                f"{lv.failures} | {ratio} | {p99} | {cpu} |"
             )
     best_int8 = max(raw.get("onnx-int8", {}).values(), default=0.0)
     ours = {k: v for k, v in results.items() if k.startswith("ours (") and k != AUTO}
@@ -227,7 +244,25 @@ def _default_targets(
                 speedup >= factor and top.p99_ms < ref.p99_ms,
             )
         )
-    return checks + _peer_targets(top, results, chosen)
+    return checks + _hot_path_target(engines, top, chosen) + _peer_targets(top, results, chosen)
+
+
+def _hot_path_target(engines: dict, top: Level, chosen: str | None) -> list[str]:
+    """At most 5 ms of CPU per image outside the engine: the server's CPU per image at the highest concurrency,
+    less the chosen engine's own CPU per image at its largest measured batch (no HTTP)."""
+    own = engines.get("cpu_ms_per_image", {}).get(chosen or "", {})
+    if top.cpu_ms_per_image is None or not own:
+        return []
+    batch = max(own, key=int)
+    outside = top.cpu_ms_per_image - own[batch]
+    return [
+        _check(
+            f"{AUTO} at {top.users} clients: {outside:.1f} ms of CPU per image outside the engine "
+            f"({top.cpu_ms_per_image:.1f} in the server, {own[batch]:.1f} in {chosen} alone at batch {batch}; "
+            "target <= 5)",
+            outside <= 5,
+        )
+    ]
 
 
 def _peer_targets(top: Level, results: dict[str, list[Level]], chosen: str | None) -> list[str]:

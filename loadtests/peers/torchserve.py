@@ -134,9 +134,11 @@ def config(store: Path, ports: dict[str, int], max_batch_size: int, max_delay_ms
 
 
 @contextlib.contextmanager
-def serve(model_tag: str, *, max_batch_size: int = 16, max_delay_ms: int = 50, timeout: float = 300) -> Iterator[str]:
+def serve(
+    model_tag: str, *, max_batch_size: int = 16, max_delay_ms: int = 50, timeout: float = 300
+) -> Iterator[tuple[str, int]]:
     """Yield TorchServe's inference URL serving ``model_tag`` (POST /predictions/classifier, the photo in
-    multipart field ``data``); stop it afterwards."""
+    multipart field ``data``) and the pid at the root of its processes; stop it afterwards."""
     python = setup()
     with tempfile.TemporaryDirectory(prefix="torchserve-") as tmp:
         root = Path(tmp)
@@ -159,8 +161,8 @@ def serve(model_tag: str, *, max_batch_size: int = 16, max_delay_ms: int = 50, t
             str(store),
         ]
         probe = f"http://127.0.0.1:{ports['management']}/models/{MODEL}"
-        with run_until_ready(command, probe, env=env, cwd=root, timeout=timeout, ready=_worker_ready):
-            yield f"http://127.0.0.1:{ports['inference']}"
+        with run_until_ready(command, probe, env=env, cwd=root, timeout=timeout, ready=_worker_ready) as process:
+            yield f"http://127.0.0.1:{ports['inference']}", process.pid
 
 
 def _worker_ready(body: bytes) -> bool:
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     photo = (REPO / "tests" / "data" / "odd-images" / "hopper.jpg").read_bytes()
     import httpx
 
-    with serve(args.model) as url:
+    with serve(args.model) as (url, _):
         answer = httpx.post(f"{url}/predictions/{MODEL}", files={"data": ("hopper.jpg", photo)}, timeout=120)
     print(answer.status_code, answer.text)
     return 0 if answer.status_code == 200 else 1

@@ -38,9 +38,9 @@ def setup() -> Path:
 @contextlib.contextmanager
 def serve(
     model_tag: str, engine: str, *, max_batch_size: int = 16, max_delay_ms: int = 50, timeout: float = 300
-) -> Iterator[str]:
-    """Yield Triton's HTTP URL serving ``model_tag`` with ``engine`` (POST /v2/models/classifier/infer); stop it
-    afterwards."""
+) -> Iterator[tuple[str, int]]:
+    """Yield Triton's HTTP URL serving ``model_tag`` with ``engine`` (POST /v2/models/classifier/infer) and the pid
+    at the root of its processes; stop it afterwards."""
     from classifier.store import describe_model
 
     if engine not in ENGINES:
@@ -63,8 +63,8 @@ def serve(
         "LD_LIBRARY_PATH": ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")])),
     }
     url = f"http://127.0.0.1:{port}"
-    with run_until_ready(command, f"{url}/v2/models/{MODEL}/ready", env=env, cwd=REPO, timeout=timeout):
-        yield url
+    with run_until_ready(command, f"{url}/v2/models/{MODEL}/ready", env=env, cwd=REPO, timeout=timeout) as process:
+        yield url, process.pid
 
 
 def run_server(args: argparse.Namespace) -> None:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
 
     body, headers = triton_request((REPO / "tests" / "data" / "odd-images" / "hopper.jpg").read_bytes())
-    with serve(args.model, args.engine) as url:
+    with serve(args.model, args.engine) as (url, _):
         answer = httpx.post(f"{url}/v2/models/{MODEL}/infer", content=body, headers=headers, timeout=120)
     print(answer.status_code, answer.text[:500])
     return 0 if answer.status_code == 200 else 1

@@ -24,7 +24,7 @@ def _set_up(setup) -> None:
 
 def test_torchserve_serves_our_model_with_its_image_classifier_handler(trained_model):
     _set_up(torchserve.setup)
-    with torchserve.serve(trained_model, max_batch_size=4) as url:
+    with torchserve.serve(trained_model, max_batch_size=4) as (url, _):
         answer = httpx.post(f"{url}/predictions/{torchserve.MODEL}", files={"data": ("h.jpg", PHOTO)}, timeout=120)
     assert answer.status_code == 200, answer.text
     scores = answer.json()
@@ -35,7 +35,7 @@ def test_torchserve_serves_our_model_with_its_image_classifier_handler(trained_m
 def test_triton_serves_our_model_with_the_engine_asked_for(trained_model, engine):
     _set_up(triton.setup)
     body, headers = triton_request(PHOTO)
-    with triton.serve(trained_model, engine, max_batch_size=4) as url:
+    with triton.serve(trained_model, engine, max_batch_size=4) as (url, _):
         answer = httpx.post(f"{url}/v2/models/{triton.MODEL}/infer", content=body, headers=headers, timeout=120)
     assert answer.status_code == 200, answer.text
     (output,) = answer.json()["outputs"]
