@@ -25,12 +25,12 @@ def odd_image():
     return lambda name: (ODD_IMAGES / name).read_bytes()
 
 
-@pytest.fixture
-def contract():
+def small_contract(class_names: tuple[str, ...] = ("ants", "bees")):
+    """A ResNet18 contract at 64 px, random weights: small enough to build, export and run in a unit test."""
     from classifier.contract import ModelContract
 
     return ModelContract(
-        class_names=("ants", "bees"),
+        class_names=class_names,
         backbone="resnet18",
         weights="none",
         image_size=64,
@@ -39,6 +39,11 @@ def contract():
         std=(0.229, 0.224, 0.225),
         dropout=0.2,
     )
+
+
+@pytest.fixture
+def contract():
+    return small_contract()
 
 
 _REPORTS: list[str] = []

@@ -121,26 +121,11 @@ def test_an_engine_whose_ood_score_flips_the_known_flag_is_not_eligible():
             return np.concatenate([out, np.full((len(batch), 1), 2.0, np.float32)], axis=1)  # OOD score 2
 
     reference = np.concatenate([OUTPUTS, np.full((8, 1), 0.5, np.float32)], axis=1)  # fp32's OOD score 0.5
-    (below,) = measure(
-        ["s"],
-        lambda _: Shifted("s", 0.0),
-        IMAGES,
-        reference,
-        classes=CLASSES,
-        batch_size=4,
-        ood_threshold=3.0,
-        seconds=0.01,
-    )
-    (across,) = measure(
-        ["s"],
-        lambda _: Shifted("s", 0.0),
-        IMAGES,
-        reference,
-        classes=CLASSES,
-        batch_size=4,
-        ood_threshold=1.0,
-        seconds=0.01,
-    )
+    below, across = (
+        measure(["s"], lambda _: Shifted("s", 0.0), IMAGES, reference, classes=CLASSES, batch_size=4,
+                ood_threshold=threshold, seconds=0.01)[0]
+        for threshold in (3.0, 1.0)  # both scores on the same side of 3; 0.5 and 2 on either side of 1
+    )  # fmt: skip
     assert (below.known_agreement, below.eligible) == (1.0, True)
     assert (across.known_agreement, across.eligible) == (0.0, False)
 

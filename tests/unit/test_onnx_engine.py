@@ -11,24 +11,14 @@ from classifier.engines.ort_int8 import nodes_outside_the_convolutions
 from classifier.engines.torch_engine import TorchEngine
 from classifier.network import build_classifier
 from classifier.store import LoadedModel
+from tests.conftest import small_contract
 from tests.support.ood import fit_ood
 from training.engine_export import compare_engines, ood_scales
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from classifier.contract import ModelContract
-
-    contract = ModelContract(
-        class_names=("a", "b", "c"),
-        backbone="resnet18",
-        weights="none",
-        image_size=64,
-        resize_size=72,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        dropout=0.2,
-    )
+    contract = small_contract(("a", "b", "c"))
     torch.manual_seed(0)
     network = build_classifier(contract.backbone, contract.num_classes, contract.dropout).eval()
     contract = fit_ood(network, contract, torch.from_numpy(_images(30, seed=2)))

@@ -10,7 +10,7 @@ from classifier.engines import ENGINES, EngineError, ExportRequest
 from classifier.engines.ort_engine import OnnxEngine
 from classifier.network import build_classifier
 from classifier.preprocessing import prepare_image
-from tests.conftest import ODD_IMAGES
+from tests.conftest import ODD_IMAGES, small_contract
 from tests.support.ood import fit_ood
 
 pytest.importorskip("openvino")
@@ -21,18 +21,7 @@ PHOTOS = ["hopper.jpg", "hopper.png", "hopper_gray.jpg", "orientation_rectangle.
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
-    from classifier.contract import ModelContract
-
-    contract = ModelContract(
-        class_names=("a", "b", "c"),
-        backbone="resnet18",
-        weights="none",
-        image_size=64,
-        resize_size=72,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        dropout=0.2,
-    )
+    contract = small_contract(("a", "b", "c"))
     torch.manual_seed(0)
     network = build_classifier(contract.backbone, contract.num_classes, contract.dropout).eval()
     photos = np.stack([prepare_image((ODD_IMAGES / name).read_bytes(), contract) for name in PHOTOS])
