@@ -43,7 +43,6 @@ from classifier.contract import ContractError
 from classifier.engines import ENGINES, exportable_engines
 from loadtests.host import describe_host, host_line
 from loadtests.peers import PeerUnavailable, torchserve, triton
-from loadtests.processes import cpu_seconds
 from loadtests.results import Level, median_engines, median_level, plot, table, write_csv
 from loadtests.servers import REPO, serve_process
 from loadtests.sweep import sweep
@@ -110,6 +109,8 @@ def peers(model: str, names: list[str], chosen: str | None, max_batch_size: int)
 def _cpu_seconds(pid: int) -> float:
     """CPU seconds used so far by the server's processes (all of them: BentoML's three, TorchServe's Java and
     Python worker, pytriton's Python and tritonserver)."""
+    from loadtests.processes import cpu_seconds  # imports BentoML: only once locust's gevent has patched the stdlib
+
     return sum(cpu_seconds(pid).values())
 
 

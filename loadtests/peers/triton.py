@@ -23,7 +23,6 @@ from pathlib import Path
 
 from loadtests.peers import ensure_venv
 from loadtests.servers import REPO, free_port, run_until_ready
-from loadtests.traffic import triton_request
 
 MODEL = "classifier"
 ENGINES = ("onnx", "onnx-int8", "openvino", "openvino-int8")  # what runs in its environment (no torch there)
@@ -126,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         run_server(args)
         return 0
     import httpx
+
+    from loadtests.traffic import triton_request  # urllib3: the benchmark imports this module before locust
 
     body, headers = triton_request((REPO / "tests" / "data" / "odd-images" / "hopper.jpg").read_bytes())
     with serve(args.model, args.engine) as (url, _):
