@@ -11,7 +11,7 @@ import torch
 
 from classifier.network import ServingNet
 from classifier.preprocessing import prepare_image
-from classifier.store import describe_model, load_model
+from classifier.store import describe_model, load_model, load_reference
 from tests.conftest import SHARED_DATA
 from tests.support.cli import saved_tag, train
 from tests.support.synthetic import make_dataset
@@ -91,7 +91,8 @@ def test_onnx_engines_are_saved_with_the_model(synthetic, tmp_path):
         "16",
     )
     model = describe_model(saved_tag(result))
-    assert model.engines == ("torch", "onnx", "onnx-int8")
+    assert model.engines == ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")  # OpenVINO runs the graphs
+    assert load_reference(model).images.shape == (12, 3, 64, 64)  # the test split, for auto's check at start-up
     engines = model.metadata["engines"]
     assert engines["images"] == 12
     assert engines["onnx"]["top1_agreement_with_torch"] == 1.0

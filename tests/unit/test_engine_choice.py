@@ -152,3 +152,27 @@ def test_a_choice_with_a_failed_candidate_is_not_cached(tmp_path):
     assert engine_choice.remember(tmp_path, "m:v1", failed) is None
     assert engine_choice.cached(tmp_path, "m:v1", "h") is None
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_reference_sample_is_saved_with_the_model_and_read_back(contract, tmp_path):
+    from classifier.network import build_classifier
+    from classifier.store import REFERENCE_FILE, ReferenceSample, describe_model, load_reference, save_model
+
+    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
+    images = np.random.default_rng(0).integers(0, 255, (5, 3, 64, 64), dtype=np.uint8)
+    outputs = np.random.default_rng(1).random((5, contract.output_width)).astype(np.float32)
+    saved = describe_model(
+        save_model(
+            "reference-test", network, contract, metadata={}, report={}, reference=ReferenceSample(images, outputs)
+        )
+    )
+    sample = load_reference(saved)
+    assert saved.reference_path.endswith(REFERENCE_FILE)
+    assert np.array_equal(sample.images, images) and np.array_equal(sample.outputs, outputs)
+    assert (
+        describe_model(save_model("reference-test", network, contract, metadata={}, report={})).reference_path is None
+    )
+    wrong = ReferenceSample(images[:, :, :32, :32], outputs)  # not the contract's image size
+    assert load_reference(describe_model(
+        save_model("reference-test", network, contract, metadata={}, report={}, reference=wrong)
+    )) is None  # fmt: skip
