@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from loadtests.servers import serve
-from tests.integration.conftest import SERVER_ENV
+from tests.integration.conftest import ONNX, SERVER_ENV
 from tests.integration.test_service import HOPPER
 
 pytestmark = pytest.mark.slow
@@ -16,7 +16,9 @@ KEY = "test-key-4f1d9c2a7b3e8d6f"
 
 def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
     log = tmp_path / "server.log"
-    with serve({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV, "CLASSIFIER_API_KEY": KEY}, log_path=log) as url:
+    with serve(
+        {"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV, **ONNX, "CLASSIFIER_API_KEY": KEY}, log_path=log
+    ) as url:
         files = {"image": ("hopper.jpg", HOPPER)}
         missing = httpx.post(f"{url}/v1/predict", files=files, timeout=60)
         wrong = httpx.post(f"{url}/v1/predict", files=files, headers={"X-API-Key": KEY[:-1] + "0"}, timeout=60)

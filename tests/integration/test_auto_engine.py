@@ -13,8 +13,7 @@ from tests.support.prom import total
 
 
 def _start(trained_model: str, cache) -> tuple[dict, str]:
-    env = {k: v for k, v in SERVER_ENV.items() if k != "CLASSIFIER_ENGINE"}
-    with serve({"CLASSIFIER_MODEL_TAG": trained_model, "CLASSIFIER_CACHE_DIR": str(cache), **env}) as url:
+    with serve({"CLASSIFIER_MODEL_TAG": trained_model, "CLASSIFIER_CACHE_DIR": str(cache), **SERVER_ENV}) as url:
         photo = (ODD_IMAGES / "hopper.jpg").read_bytes()
         assert httpx.post(f"{url}/v1/predict", files={"image": ("h.jpg", photo)}, timeout=60).status_code == 200
         return httpx.get(f"{url}/v1/model", timeout=60).json(), httpx.get(f"{url}/metrics", timeout=60).text

@@ -9,7 +9,7 @@ import pytest
 from loadtests.servers import serve
 from loadtests.traffic import PHOTOS, photo_files
 from tests.conftest import ODD_IMAGES
-from tests.integration.conftest import SERVER_ENV
+from tests.integration.conftest import ONNX, SERVER_ENV
 from tests.support.prom import total
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def reference(server) -> np.ndarray:
     ids=["torch", "onnx-int8", "jpeg-decode-engine"],
 )
 def test_engines_agree(trained_model, reference, env, tolerance, ood_tolerance):
-    with serve({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV, **env}) as url:
+    with serve({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV, **ONNX, **env}) as url:
         probs = probabilities(url)
         info = httpx.get(f"{url}/v1/model", timeout=60).json()
         metrics = httpx.get(f"{url}/metrics", timeout=60).text

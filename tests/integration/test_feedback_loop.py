@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from loadtests.servers import serve
-from tests.integration.conftest import SERVER_ENV
+from tests.integration.conftest import ONNX, SERVER_ENV
 from tests.support.cli import saved_tag, train, train_small
 from tests.support.prom import total
 from tests.support.synthetic import make_dataset
@@ -142,6 +142,7 @@ def test_a_full_feedback_folder_refuses_with_409(trained_model, tmp_path):
     (folder / "cats" / "earlier.jpg").write_bytes(_jpeg((40, 40)))
     env = {
         **SERVER_ENV,
+        **ONNX,
         "CLASSIFIER_MODEL_TAG": trained_model,
         "CLASSIFIER_FEEDBACK_DIR": str(folder),
         "CLASSIFIER_FEEDBACK_MAX_IMAGES": "1",

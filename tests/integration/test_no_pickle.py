@@ -11,7 +11,7 @@ import pytest
 
 from loadtests.servers import serve
 from tests.conftest import ODD_IMAGES
-from tests.integration.conftest import SERVER_ENV
+from tests.integration.conftest import ONNX, SERVER_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,7 @@ def test_serving_never_unpickles(trained_model, tmp_path):
     log = tmp_path / "pickle.log"
     env = {
         **SERVER_ENV,
+        **ONNX,
         "CLASSIFIER_MODEL_TAG": trained_model,
         "CLASSIFIER_JPEG_DECODE": "engine",
         "PICKLE_LOG": str(log),

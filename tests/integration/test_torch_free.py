@@ -10,7 +10,7 @@ import psutil
 from loadtests.servers import serve_process
 from service.bentoml_compat import worker_service
 from tests.conftest import ODD_IMAGES
-from tests.integration.conftest import SERVER_ENV
+from tests.integration.conftest import ONNX, SERVER_ENV
 
 
 def _maps(process: psutil.Process, library: str) -> bool:
@@ -19,7 +19,7 @@ def _maps(process: psutil.Process, library: str) -> bool:
 
 
 def test_no_server_process_loads_torch_on_the_cpu_path(trained_model):
-    with serve_process({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV}) as server:
+    with serve_process({"CLASSIFIER_MODEL_TAG": trained_model, **SERVER_ENV, **ONNX}) as server:
         photo = (ODD_IMAGES / "hopper.jpg").read_bytes()
         assert httpx.post(f"{server.url}/v1/predict", files={"image": ("h.jpg", photo)}, timeout=60).status_code == 200
         info = httpx.get(f"{server.url}/v1/model", timeout=10).json()

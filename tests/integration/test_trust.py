@@ -16,7 +16,7 @@ from safetensors.torch import load, save
 from classifier.contract import METADATA_KEY
 from classifier.store import WEIGHTS_FILE, describe_model
 from loadtests.servers import serve, serve_process
-from tests.integration.conftest import SERVER_ENV
+from tests.integration.conftest import ONNX, SERVER_ENV
 from tests.support.cli import saved_tag, train
 from tests.support.prom import total
 from tests.support.synthetic import make_dataset, make_image, make_others
@@ -90,7 +90,13 @@ def test_engines_agree_on_probabilities_and_ood_scores(trust_run):
 
 def test_the_server_answers_unknown_and_its_drift_gauge_moves(trust_run):
     tag, report, _ = trust_run
-    env = {"CLASSIFIER_MODEL_TAG": tag, **SERVER_ENV, "CLASSIFIER_UNKNOWN": "abstain", "CLASSIFIER_DRIFT_WINDOW": "100"}
+    env = {
+        "CLASSIFIER_MODEL_TAG": tag,
+        **SERVER_ENV,
+        **ONNX,
+        "CLASSIFIER_UNKNOWN": "abstain",
+        "CLASSIFIER_DRIFT_WINDOW": "100",
+    }
     with serve(env) as url:
         # 60 cats and 40 dogs, mixed: the first full window, a small PSI (about 0.04) against 50/50 training shares
         mixed = classify(url, [f for pair in zip(jpegs(0, 40, 1), jpegs(1, 40, 2), strict=True) for f in pair])
