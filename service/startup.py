@@ -13,8 +13,10 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from classifier.device import Device, cpu_threads, pick_device
@@ -102,8 +104,18 @@ def candidates_here(model: ModelDescription, settings: ServiceSettings) -> tuple
 def in_own_process(function: Callable[..., T], *args: Any, timeout_s: float = MEASURE_TIMEOUT_S) -> T:
     """``function(*args)`` in a fresh (spawned) process, killed after ``timeout_s`` (multiprocessing.TimeoutError):
     what it imports and allocates goes when it returns."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:  # leaving the block terminates the process
-        return pool.apply_async(function, args).get(timeout_s)
+    # The child imports this project again: a served Bento's code folder may have left sys.path once the service was
+    # imported, and a spawned process starts from the parent's sys.path as it is when the pool starts.
+    root = str(Path(__file__).resolve().parents[1])
+    added = root not in sys.path
+    if added:
+        sys.path.insert(0, root)
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:  # leaving the block terminates the process
+            return pool.apply_async(function, args).get(timeout_s)
+    finally:
+        if added:
+            sys.path.remove(root)
 
 
 def reported_choice() -> engine_choice.EngineChoice | None:
