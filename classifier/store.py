@@ -47,12 +47,9 @@ class ModelDescription:
         """Engines this model can be served with, in registry order: those that run the weights, and those
         whose file (their own, or the one they read) it carries."""
 
-        def carried(name: str) -> bool:
-            spec = ENGINES[name]
-            needs = name if spec.file is not None else spec.reads
-            return needs is None or needs in self.engine_files
-
-        return tuple(name for name in ENGINES if carried(name))
+        return tuple(
+            name for name, spec in ENGINES.items() if spec.reads_file is None or spec.graph_engine in self.engine_files
+        )
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,11 @@ class EngineSpec:
         return all(importlib.util.find_spec(package) is not None for package in self.packages)
 
     @property
+    def graph_engine(self) -> str:
+        """The engine whose file (or weights) it runs and whose training measurements apply: ``reads``, else itself."""
+        return self.reads or self.name
+
+    @property
     def reads_file(self) -> str | None:
         """The file in the model folder it runs: its own, or that of the engine it reads; None: the weights."""
         return ENGINES[self.reads].file if self.reads is not None else self.file
@@ -190,7 +195,7 @@ def choose_engine(choice: str, device: Device, available: tuple[str, ...]) -> st
     if choice not in available:
         raise EngineError(
             f"engine {choice}: the model has no {ENGINES[choice].reads_file} (it has: {', '.join(available)}); "
-            f"retrain with --export {ENGINES[choice].reads or choice} or choose another engine"
+            f"retrain with --export {ENGINES[choice].graph_engine} or choose another engine"
         )
     if device.type not in ENGINES[choice].devices:
         raise EngineError(
@@ -235,7 +240,7 @@ def on_pytorch_scale(engine: Engine, contract: ModelContract) -> Engine:
     precision = getattr(engine, "precision", None)
     spec = ENGINES.get(engine.name)
     if spec is not None and spec.reads is not None:  # the graph it runs was measured under that engine's name
-        scale = contract.ood.scale_for(spec.reads)
+        scale = contract.ood.scale_for(spec.graph_engine)
     else:
         scale = contract.ood.scale_for(f"{engine.name}:{precision}" if precision else engine.name)
     return engine if scale == 1.0 else RescaledOod(engine, contract.num_classes, scale)
@@ -260,8 +265,7 @@ class RescaledOod:
 def agreement_caveat(model: ModelDescription, name: str) -> str | None:
     """A warning to log when training measured this engine's top-1 agreement with fp32 under MIN_AGREEMENT, or its
     known/unknown answers' agreement with PyTorch under MIN_KNOWN_AGREEMENT."""
-    spec = ENGINES.get(name)
-    graph = spec.reads if spec is not None and spec.reads is not None else name  # OpenVINO: the graph it runs
+    graph = ENGINES[name].graph_engine if name in ENGINES else name  # OpenVINO: the graph it runs
     recorded = (model.metadata.get("engines") or {}).get(graph) or {}
     problems = []
     agreement = recorded.get("top1_agreement_with_fp32")
