@@ -2,10 +2,10 @@
 
 Per image (before batching): decode, resize the shorter side and center-crop, giving uint8 [3, S, S]. Scaling
 and normalisation are part of the network (classifier.network.Normalize), so every engine gets the same uint8
-images. Pillow and numpy only: the CPU service runs it without torch. It gives, to the pixel, what torchvision's
-``transforms.v2.functional.resize`` then ``center_crop`` give for a PIL image (what training did before; held
-together by tests/unit/test_preprocessing.py); the batched JPEG decoder (classifier/jpeg_batch.py) runs those on
-tensors, within half a grey level on average (tests/unit/test_jpeg_batch.py).
+images. Pillow and numpy only: the CPU service runs it without torch. It gives, within one grey level (rounding),
+what torchvision's ``transforms.v2.functional.resize`` then ``center_crop`` give for a PIL image (what training did
+before; held together by tests/unit/test_preprocessing.py); the batched JPEG decoder (classifier/jpeg_batch.py)
+runs those on tensors, within half a grey level on average (tests/unit/test_jpeg_batch.py).
 """
 
 from __future__ import annotations
@@ -33,11 +33,15 @@ def center_anchor(width: int, height: int, size: int) -> tuple[int, int]:
 
 def fit(img: Image.Image, contract: ModelContract) -> Image.Image:
     """Shorter side to resize_size (antialiased), then the center image_size square."""
-    size = resized_size(img.width, img.height, contract.resize_size)
-    if size != img.size:
-        img = img.resize(size, resample=_FILTERS[contract.interpolation])
-    left, top = center_anchor(img.width, img.height, contract.image_size)
-    return img.crop((left, top, left + contract.image_size, top + contract.image_size))
+    size, crop = resized_size(img.width, img.height, contract.resize_size), contract.image_size
+    left, top = center_anchor(*size, crop)
+    if size == img.size:
+        return img.crop((left, top, left + crop, top + crop))
+    # Resample only the square the crop keeps (40% less work at 224 of 256): the same filter at the same source
+    # positions as resizing all of it, so the same pixels but for rounding (at most one grey level).
+    sx, sy = img.width / size[0], img.height / size[1]
+    box = (left * sx, top * sy, min((left + crop) * sx, img.width), min((top + crop) * sy, img.height))
+    return img.resize((crop, crop), resample=_FILTERS[contract.interpolation], box=box)
 
 
 def resize_and_crop(img: Image.Image, contract: ModelContract) -> np.ndarray:

@@ -114,10 +114,19 @@ def _cpu_seconds(pid: int) -> float:
     return sum(cpu_seconds(pid).values())
 
 
-def chosen_engine(url: str) -> str | None:
-    """The engine our service's auto chose, from its /v1/model."""
+@dataclass(frozen=True)
+class AutoChoice:
+    engine: str | None  # what our service's auto serves
+    eligible: tuple[str, ...] | None = None  # the engines its measurement found eligible (None: not measured)
+
+
+def auto_choice(url: str) -> AutoChoice:
+    """The engine our service's auto chose and the ones it found eligible, from its /v1/model."""
     with urllib.request.urlopen(f"{url}/v1/model", timeout=30) as response:
-        return json.load(response)["engine"]
+        info = json.load(response)
+    measured = info.get("engine_choice")
+    eligible = tuple(c["name"] for c in measured["candidates"] if c["eligible"]) if measured else None
+    return AutoChoice(info["engine"], eligible)
 
 
 def engine_speeds(model: str, photos: Path, batch_sizes: str, seconds: float, path: Path) -> dict:
@@ -194,9 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def measure(
     args: argparse.Namespace, model: str, skipped: dict[str, str]
-) -> tuple[list[dict], dict[str, dict[int, list[Level]]], str | None]:
+) -> tuple[list[dict], dict[str, dict[int, list[Level]]], AutoChoice]:
     """Start every contender, then run the rounds: raw engines, then each concurrency on each contender.
-    Returns the raw engine runs, {contender: {clients: [Level per round]}} and the engine our auto chose; a peer
+    Returns the raw engine runs, {contender: {clients: [Level per round]}} and what our auto chose; a peer
     that cannot be set up here is left out, with why, in ``skipped``."""
     batching = {"CLASSIFIER_MAX_BATCH_SIZE": str(args.max_batch_size), "CLASSIFIER_MAX_LATENCY_MS": "10000"}
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -208,8 +217,8 @@ def measure(
         for contender in contenders(model, args.engines.split(","), batching):
             logger.info("%s: starting", contender.name)
             servers.append((contender, stack.enter_context(contender.start())))
-        chosen = next((chosen_engine(url) for c, (url, _) in servers if c.name == "ours (auto)"), None)
-        for peer in peers(model, [p for p in args.peers.split(",") if p], chosen, args.max_batch_size):
+        auto = next((auto_choice(url) for c, (url, _) in servers if c.name == "ours (auto)"), AutoChoice(None))
+        for peer in peers(model, [p for p in args.peers.split(",") if p], auto.engine, args.max_batch_size):
             logger.info("%s: setting up and starting", peer.name)
             try:
                 servers.append((peer, stack.enter_context(peer.start())))
@@ -246,7 +255,7 @@ def measure(
                     cpu_ms = rate * 1000 / level.images_per_s if level.images_per_s else None
                     level = dataclasses.replace(level, cpu_ms_per_image=cpu_ms)
                     runs[contender.name][users].append(level)
-    return engine_runs, runs, chosen
+    return engine_runs, runs, auto
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,11 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     except ContractError as exc:
         raise SystemExit(f"error: {exc}") from None
     skipped: dict[str, str] = {}
-    engine_runs, runs, chosen = measure(args, model, skipped)
+    engine_runs, runs, auto = measure(args, model, skipped)
     engines = median_engines(engine_runs)
     results = {name: [median_level(rounds) for rounds in per_level.values()] for name, per_level in runs.items()}
     host = describe_host()
-    text, targets = table(engines, results, host["flags"], chosen)
+    text, targets = table(engines, results, host["flags"], auto.engine, auto.eligible)
     write_csv(results, args.out / "benchmark.csv")
     sizes = f"photos at {args.sizes} px" if args.sizes else "photos as they are"
     plot(results, args.out / "benchmark.png", f"{model} on this machine, one photo per request, {sizes}")
@@ -285,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "host": host,
                 "engines": engines,
-                "auto_chose": chosen,
+                "auto_chose": auto.engine,
+                "auto_eligible": auto.eligible,
                 "skipped": skipped,
                 "services": {name: [vars(lv) for lv in levels] for name, levels in results.items()},
                 "rounds": {

@@ -1,7 +1,10 @@
 """From validated uploads to predictions: decode, infer, and one result per upload in the order sent.
 
-Each image is decoded in the front (Pillow, in a thread, under a shared limit) or, for plain JPEGs
-when the model service decodes them (on its GPU), sent there undecoded; one model call per path.
+Each image is decoded in the front (Pillow, in worker threads, at most CLASSIFIER_DECODE_CONCURRENCY at
+once) or, for plain JPEGs when the model service decodes them (on its GPU), sent there undecoded. Concurrent
+requests share both the decoding threads and the calls to the model service (service/coalescing.py): what
+arrives while they are busy goes together, so the costs per call (a thread hand-off, an HTTP request to the
+model service) are paid per group, not per image.
 A JPEG the batch decoder rejects (a JpegResult with an error) is decoded here after all. A bad image
 is a 400 naming the first bad file in the order sent; the model service's failures are 503s with
 Retry-After. Every request first passes the admission gate (service/admission.py), which sheds load
@@ -28,6 +31,7 @@ from classifier.preprocessing import prepare_image
 from classifier.store import ModelDescription
 from service.admission import Admission, BodyBudget, Overloaded
 from service.bentoml_compat import runner_failure
+from service.coalescing import Coalescer
 from service.http.errors import ApiError
 from service.http.schemas import Prediction
 from service.http.uploads import Upload
@@ -57,9 +61,17 @@ class Predictor:
         engine_decodes: bool,
     ) -> None:
         self.model, self.settings = model, settings
-        self.infer, self.infer_jpeg = infer, infer_jpeg
+        # Concurrent requests share model calls (service/coalescing.py): one call in flight per model worker, and
+        # one more so that a worker finishing a batch finds the next one already there.
+        calls, images = settings.model_workers + 1, settings.max_batch_size
+        self.infer = Coalescer(infer, _stacked, max_images=images, max_calls=calls)
+        self.infer_jpeg = Coalescer(infer_jpeg, _concatenated, max_images=images, max_calls=calls)
+        # Decoding too: one worker thread per call, at most CLASSIFIER_DECODE_CONCURRENCY at once across all requests
+        # (decoded pixels take far more memory than the upload: a 130 KB PNG can be a 40 MP image); the images that
+        # arrive meanwhile go to the next free thread together, which spares a thread hand-off per image.
+        decoders = settings.decode_concurrency or os.cpu_count() or 1
+        self.decode = Coalescer(self._decode_in_thread, _concatenated, max_images=images, max_calls=decoders)
         self.engine_decodes = engine_decodes
-        self._limiter: anyio.CapacityLimiter | None = None
         self.monitor = Monitor(model, settings.drift_window)
         m = metrics()
 
@@ -137,16 +149,18 @@ class Predictor:
         """Decode ``indices`` in this process, then one model call for them, unless an image is bad."""
         if not indices:
             return
-        prepared = await _all_or_none(
-            *(self._prepare(uploads[i], i if many else None) for i in indices), return_exceptions=True
-        )
-        for i, outcome in zip(indices, prepared, strict=True):
-            if isinstance(outcome, ApiError):
-                errors[i] = outcome
-            elif isinstance(outcome, BaseException):
-                raise outcome
+        images = []
+        for i, outcome in zip(indices, await self.decode([uploads[i].data for i in indices]), strict=True):
+            if isinstance(outcome, InputError):
+                errors[i] = ApiError(
+                    400, outcome.reason, outcome.message, file=uploads[i].filename, index=i if many else None
+                )
+            elif isinstance(outcome, Exception):
+                raise outcome  # a bug, answered 500 for this request alone
+            else:
+                images.append(outcome)
         if not errors:  # the request fails anyway: spare the model
-            outputs[indices] = await self._call(self.infer, np.stack(prepared))
+            outputs[indices] = await self._call(self.infer, np.stack(images))
 
     async def _decode_there(self, uploads: list[Upload], indices: list[int], outputs: np.ndarray) -> list[int]:
         """Send ``indices`` undecoded to the model service; the indices it could not decode."""
@@ -161,25 +175,22 @@ class Predictor:
                 outputs[i] = result.scores
         return failed
 
-    async def _prepare(self, upload: Upload, index: int | None) -> np.ndarray:
-        """Decode and preprocess in a worker thread; a bad image is a 400 naming the file."""
-        start = time.perf_counter()
-        try:
-            image = await anyio.to_thread.run_sync(
-                lambda: prepare_image(upload.data, self.model.contract, max_pixels=self.settings.max_pixels),
-                limiter=self._decode_limiter(),
-            )
-        except InputError as exc:
-            raise ApiError(400, exc.reason, exc.message, file=upload.filename, index=index) from exc
-        metrics().preprocess_seconds.observe(time.perf_counter() - start)
-        return image
+    async def _decode_in_thread(self, datas: list[bytes]) -> list[np.ndarray | Exception]:
+        return await anyio.to_thread.run_sync(self._prepare_all, datas)
 
-    def _decode_limiter(self) -> anyio.CapacityLimiter:
-        """At most CLASSIFIER_DECODE_CONCURRENCY images decode at once, across all requests: decoded
-        pixels take far more memory than the upload (a 130 KB PNG can be a 40 MP image)."""
-        if self._limiter is None:  # created in the event loop that uses it
-            self._limiter = anyio.CapacityLimiter(self.settings.decode_concurrency or os.cpu_count() or 1)
-        return self._limiter
+    def _prepare_all(self, datas: list[bytes]) -> list[np.ndarray | Exception]:
+        """Decode and preprocess each image in turn: its uint8 [3, S, S], or the exception it raised (InputError
+        for a bad image), so that one image's failure stays its own request's."""
+        contract, max_pixels, seconds = self.model.contract, self.settings.max_pixels, metrics().preprocess_seconds
+        prepared: list[np.ndarray | Exception] = []
+        for data in datas:
+            start = time.perf_counter()
+            try:
+                prepared.append(prepare_image(data, contract, max_pixels=max_pixels))
+            except Exception as exc:  # noqa: BLE001 - handed to the request it belongs to
+                prepared.append(exc)
+            seconds.observe(time.perf_counter() - start)
+        return prepared
 
     @staticmethod
     async def _call(method: ModelCall, batch: Any) -> Any:
@@ -202,6 +213,14 @@ async def call_model(call: Callable[[], Awaitable[T]]) -> T:
             raise ApiError(503, "model_unavailable", "the model service failed; retry shortly") from exc
         logger.warning("model runner unreachable: %s", exc)
         raise ApiError(503, "model_unavailable", "the model service is not reachable; retry shortly") from exc
+
+
+def _stacked(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays)
+
+
+def _concatenated(lists: list[list[T]]) -> list[T]:
+    return [item for items in lists for item in items]
 
 
 def _shed(exc: Overloaded) -> ApiError:

@@ -28,7 +28,14 @@ from classifier.device import cpu_threads
 from classifier.engines import ENGINES, EngineError, agreement_caveat, make_engine
 from classifier.jpeg_batch import JpegResult, classify_jpegs
 from service import transport
-from service.bentoml_compat import check_version, described_service, runner_ready, service_workers_alive
+from service.bentoml_compat import (
+    check_version,
+    described_service,
+    endpoints_on_the_loop,
+    runner_ready,
+    service_workers_alive,
+    trace_only_where_exported,
+)
 from service.explainer import Explained, Explainer, ExplainGate, explain_answer, target_index
 from service.feedback import Feedback
 from service.http.app import (
@@ -80,6 +87,7 @@ def _settings_or_exit() -> ServiceSettings:
 # BentoML fixes batching parameters and worker counts in the decorators, so they are read when the
 # server loads this module at start-up; everything else is read in the services' __init__.
 _BATCHING = _settings_or_exit()
+trace_only_where_exported()  # before BentoML builds the apps (it checks BentoML's tracing settings then)
 
 
 @bentoml.service(name="model_runner", workers=_BATCHING.model_workers, traffic={"timeout": 120})
@@ -204,6 +212,7 @@ class ImageClassifier:
         engine_decodes = choice == "engine" or (choice == "auto" and on_device)
         on_sigterm(self.settings.graceful_timeout_s)
         start_trimming(self.settings.malloc_trim_s)
+        endpoints_on_the_loop(api, v2)
         # The runner's client exists only once the server's event loop runs: look it up on each call.
         self.predictor = Predictor(
             self.model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import bentoml
+import pytest
 
 from service import bentoml_compat
 
@@ -32,3 +33,55 @@ def test_described_service_rewrites_only_the_info():
     assert spec["info"]["title"] == "Probe" and spec["info"]["description"] == "What it does."
     assert spec["info"]["version"] == bentoml_compat.__version__
     assert "/echo" in spec["paths"]
+
+
+def test_class_view_endpoints_get_their_service_on_the_event_loop(monkeypatch):
+    """FastAPI runs a plain dependency in a worker thread on every request; with the override it runs none."""
+    from _bentoml_sdk.service import get_current_service, set_current_service
+    from fastapi import Depends, FastAPI
+    from fastapi.dependencies import utils
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+
+    @app.get("/who")
+    async def who(service: object = Depends(get_current_service)) -> str:
+        return str(service)
+
+    def no_thread(*args, **kwargs):
+        raise AssertionError("a dependency ran in the thread pool")
+
+    monkeypatch.setattr(utils, "run_in_threadpool", no_thread)
+    set_current_service("the service")
+    try:
+        with pytest.raises(AssertionError, match="thread pool"):
+            TestClient(app).get("/who")
+        bentoml_compat.endpoints_on_the_loop(app)
+        assert TestClient(app).get("/who").json() == "the service"
+    finally:
+        set_current_service(None)
+
+
+def test_uvicorn_runs_on_uvloop_and_httptools():
+    """Both are dependencies: without them uvicorn silently falls back to asyncio's loop and h11."""
+    from uvicorn.loops.auto import auto_loop_factory
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    assert "uvloop" in auto_loop_factory().__module__ and AutoHTTPProtocol.__name__ == "HttpToolsProtocol"
+
+
+def test_requests_are_traced_only_where_an_exporter_is_configured():
+    def middlewares(**config) -> list[str]:
+        @bentoml.service(name="probe", **config)
+        class Probe:
+            @bentoml.api
+            def echo(self, text: str) -> str:
+                return text
+
+        return [m.cls.__name__ for m in Probe.to_asgi(is_main=True).user_middleware]
+
+    bentoml_compat.trace_only_where_exported()  # (importing service.service has already done it)
+    bentoml_compat.trace_only_where_exported()  # idempotent
+    assert "OpenTelemetryMiddleware" not in middlewares() and "RunnerTrafficMetricsMiddleware" in middlewares()
+    # BentoML's own exporter for tests: with an exporter, spans can go somewhere, and BentoML's middleware is back
+    assert "OpenTelemetryMiddleware" in middlewares(tracing={"exporter_type": "in_memory"})

@@ -156,3 +156,48 @@ def test_bodies_that_do_not_fit_the_budget_are_shed_before_they_are_read(contrac
     assert classifier.bodies.held == 0
     with classifier.receiving({"content-length": "99999999"}):  # alone: let in (read_body answers 413)
         assert classifier.bodies.held == 2_000_000
+
+
+def test_concurrent_requests_share_model_calls_and_a_bad_image_fails_only_its_own(contract, files, odd_image):
+    """Eight requests at once: decoded in groups and sent to the model together (service/coalescing.py), each
+    answered for its own image; the one bad image among them is that request's 400 alone."""
+
+    class SlowModel(FakeModel):
+        async def infer(self, batch):
+            self.calls.append(("infer", len(batch)))
+            await asyncio.sleep(0.05)  # the first call is in flight while the others arrive
+            return np.stack([np.array([i / 100, 1 - i / 100], dtype=np.float32) for i in batch[:, 0, 0, 0]])
+
+    fake = SlowModel()
+    classifier = Predictor(
+        ModelDescription("m:1", contract, {}, "w", {}),
+        ServiceSettings(model_workers=1, decode_concurrency=1),
+        fake.infer,
+        fake.infer_jpeg,
+        engine_decodes=False,
+    )
+    solid = [Upload(f"{v}.png", _png(v)) for v in range(1, 8)]
+    bad = Upload("broken.png", odd_image("broken.png"))
+
+    async def all_at_once():
+        return await asyncio.gather(
+            *(classifier.classify([u], None, many=False) for u in [*solid[:3], bad, *solid[3:]]),
+            return_exceptions=True,
+        )
+
+    outcomes = asyncio.run(all_at_once())
+    assert isinstance(outcomes[3], ApiError) and (outcomes[3].status, outcomes[3].file) == (400, "broken.png")
+    good = [o for i, o in enumerate(outcomes) if i != 3]
+    # each answer is its own image's: class 0's probability is the image's grey level / 100
+    assert [round(r[0].top_k[-1].probability * 100) for r in good] == list(range(1, 8))
+    assert sum(n for _, n in fake.calls) == 7 and len(fake.calls) < 7  # fewer calls than images
+
+
+def _png(level: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (level, level, level)).save(out, "PNG")
+    return out.getvalue()

@@ -202,6 +202,9 @@ def test_the_default_configuration_is_held_to_the_best_eligible_engine_and_a_cpu
     _, on_amx = table(engines, results, ["avx512_vnni", "amx_tile"])
     assert on_amx[1].startswith("[MISSED] ours (auto) at 32 clients: 3.88x reference (target >= 5 on this CPU)")
     assert not any("ours (auto)" in t and "fp32 engine" in t for t in targets)  # not held to the older targets
+    # where the service's own measurement is known, its rule decides (here it also ruled out openvino-int8)
+    _, by_service = table(engines, results, ["avx512_vnni"], chosen="onnx", eligible=["torch", "onnx"])
+    assert by_service[0].startswith("[met] ours (auto) at 32 clients: 155% of the best eligible raw engine (onnx, 20.0")
 
 
 def test_the_default_configuration_against_the_peers():
