@@ -8,10 +8,10 @@ Pillow path, which handles every case, and so does any JPEG the batch decoder re
 ``JpegResult`` with an error and no scores; the front then decodes it with Pillow, which either
 succeeds or names the problem in a 400).
 
-The two paths give the same pixels when Pillow needs no draft scaling (images under about twice the
-resize size); above that they differ by a few grey levels. Images over ENGINE_MAX_PIXELS stay on
-the Pillow path, which decodes them at reduced scale: a batch of full-size decodes would take GPU
-memory in proportion to the pixels.
+The two paths give the same pixels, within one grey level of rounding, when Pillow needs no draft scaling
+(images under about twice the resize size); above that they differ by a few grey levels. Images over
+ENGINE_MAX_PIXELS stay on the Pillow path, which decodes them at reduced scale: a batch of full-size
+decodes would take GPU memory in proportion to the pixels.
 """
 
 from __future__ import annotations

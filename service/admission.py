@@ -1,12 +1,13 @@
 """Admission control: bound the work inside the server, and shed the rest at once with 503.
 
 A request needs one slot per image. At most ``capacity`` images are in flight past the gate
-(being decoded, waiting in the batcher or in the model); requests beyond that wait in a FIFO queue
-of at most ``max_queue`` requests, each for at most ``max_wait_s``. A request that finds the queue
-full, or waits too long, is refused with :class:`Overloaded`, so under any load a request's time in
-the server is bounded by ``max_wait_s`` plus the time to drain ``capacity`` images, instead of
-growing until clients time out. FIFO (a large request at the head blocks smaller ones behind it)
-so that multi-image requests are not starved.
+(being decoded, waiting in the batcher or in the model; beyond that, only the images of requests
+that gave up while a call shared with others was under way, at most a call's worth each); requests
+beyond that wait in a FIFO queue of at most ``max_queue`` requests, each for at most ``max_wait_s``.
+A request that finds the queue full, or waits too long, is refused with :class:`Overloaded`, so under
+any load a request's time in the server is bounded by ``max_wait_s`` plus the time to drain
+``capacity`` images, instead of growing until clients time out. FIFO (a large request at the head
+blocks smaller ones behind it) so that multi-image requests are not starved.
 
 One instance per front worker, used from one event loop.
 """

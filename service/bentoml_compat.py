@@ -192,6 +192,8 @@ def endpoints_on_the_loop(*apps: Any) -> None:
     async def current_service() -> Any:
         return get_current_service()
 
+    # With any override set, FastAPI re-derives each overridden dependency's own parameters per request: cheap for
+    # this one (it has none), so keep dependencies with parameters off these apps or give them no override.
     for app in apps:
         app.dependency_overrides[get_current_service] = current_service
 
@@ -210,12 +212,16 @@ def trace_only_where_exported() -> None:
     from bentoml._internal.configuration.containers import BentoMLContainer
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    built = ServiceAppFactory.middlewares
+    built = ServiceAppFactory.__dict__.get("middlewares")
+    if not isinstance(built, property) or built.fget is None:  # another BentoML: keep its middlewares as they are
+        logger.warning("BentoML's ServiceAppFactory.middlewares is not a property here: requests stay traced")
+        return
     if getattr(built.fget, "traced_only_where_exported", False):
         return
+    original = built.fget
 
     def middlewares(self: Any) -> list[Any]:
-        found = built.fget(self)
+        found = original(self)
         if BentoMLContainer.tracing.exporter_type.get() is not None:
             return found
         return [m for m in found if m.cls is not OpenTelemetryMiddleware]

@@ -68,9 +68,12 @@ class Predictor:
         self.infer_jpeg = Coalescer(infer_jpeg, _concatenated, max_images=images, max_calls=calls)
         # Decoding too: one worker thread per call, at most CLASSIFIER_DECODE_CONCURRENCY at once across all requests
         # (decoded pixels take far more memory than the upload: a 130 KB PNG can be a 40 MP image); the images that
-        # arrive meanwhile go to the next free thread together, which spares a thread hand-off per image.
-        decoders = settings.decode_concurrency or os.cpu_count() or 1
-        self.decode = Coalescer(self._decode_in_thread, _concatenated, max_images=images, max_calls=decoders)
+        # arrive while all are busy are shared out between the next free threads, a hand-off per group, not per image.
+        self.decoders = settings.decode_concurrency or os.cpu_count() or 1
+        self._threads: anyio.CapacityLimiter | None = None
+        self.decode = Coalescer(
+            self._decode_in_thread, _concatenated, max_images=images, max_calls=self.decoders, spread=True
+        )
         self.engine_decodes = engine_decodes
         self.monitor = Monitor(model, settings.drift_window)
         m = metrics()
@@ -150,7 +153,9 @@ class Predictor:
         if not indices:
             return
         images = []
-        for i, outcome in zip(indices, await self.decode([uploads[i].data for i in indices]), strict=True):
+        # One job per image, so that a request's images spread over the decoding threads.
+        decoded = await asyncio.gather(*(self.decode([uploads[i].data]) for i in indices))
+        for i, (outcome,) in zip(indices, decoded, strict=True):
             if isinstance(outcome, InputError):
                 errors[i] = ApiError(
                     400, outcome.reason, outcome.message, file=uploads[i].filename, index=i if many else None
@@ -176,7 +181,9 @@ class Predictor:
         return failed
 
     async def _decode_in_thread(self, datas: list[bytes]) -> list[np.ndarray | Exception]:
-        return await anyio.to_thread.run_sync(self._prepare_all, datas)
+        if self._threads is None:  # created in the event loop that uses it; anyio's default pool stops at 40
+            self._threads = anyio.CapacityLimiter(self.decoders)
+        return await anyio.to_thread.run_sync(self._prepare_all, datas, limiter=self._threads)
 
     def _prepare_all(self, datas: list[bytes]) -> list[np.ndarray | Exception]:
         """Decode and preprocess each image in turn: its uint8 [3, S, S], or the exception it raised (InputError
@@ -230,7 +237,9 @@ def _shed(exc: Overloaded) -> ApiError:
 
 async def _all_or_none(*coros: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
     """asyncio.gather, but if one fails (or this task is cancelled) the others are cancelled and awaited
-    before the error propagates, so no decode or model call outlives the admission slots it was given."""
+    before the error propagates, so nothing of the request waits on after its admission slots are given back;
+    a decode or model call its images already left in, shared with other requests, runs to its end (bounded by
+    the coalescers' calls in flight, service/coalescing.py)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         return await asyncio.gather(*tasks, return_exceptions=return_exceptions)

@@ -182,6 +182,7 @@ def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
         assert "triton (onnx)" in report["skipped"] and "Left out: triton (onnx)" in result.stdout
     else:
         chosen = report["auto_chose"]
+        assert chosen in report["auto_eligible"]  # the service's own measurement, which the targets now use
         peers = {"triton (onnx)"} | ({f"triton ({chosen})"} if chosen in triton.ENGINES else set())
         assert "x triton (onnx) (target >= 2)" in result.stdout
     assert set(services) == ours | peers
@@ -193,6 +194,21 @@ def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
     assert len(report["rounds"]["engines"]) == 2
     assert all(len(rounds) == 2 for per_level in report["rounds"]["services"].values() for rounds in per_level.values())
     assert len(list(csv.DictReader((tmp_path / "benchmark.csv").open()))) == len(services)
+
+
+def test_hotpath_splits_the_cpu_per_image_by_process(trained_model, tmp_path):
+    result = _run(
+        "-m", "loadtests.hotpath", "--model", trained_model, "--photos", "loadtests/photos", "--users", "2",
+        "--seconds", "2", "--rounds", "1", "--engine", "onnx", "--variant", "CLASSIFIER_DECODE_CONCURRENCY=1",
+        "--variant", "CLASSIFIER_ENGINE=onnx-int8", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "hotpath.json").read_text())["rounds"]
+    assert [r["variant"] for r in rows] == [{"CLASSIFIER_DECODE_CONCURRENCY": "1"}, {"CLASSIFIER_ENGINE": "onnx-int8"}]
+    for row in rows:
+        assert row["failures"] == 0 and row["images_per_s"] > 0 and row["mean_batch"] >= 1
+        assert row["cpu_ms_per_image"]["front"] > 0 and row["cpu_ms_per_image"]["runner"] > 0
+    assert "Host: " in result.stdout
 
 
 def test_explain_benchmark_runs_in_a_tiny_configuration(server, tmp_path):

@@ -154,3 +154,78 @@ def test_lists_join_too():
 def test_limits_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(Gated(), np.concatenate, max_images=0, max_calls=1)
+
+
+def test_spread_shares_what_waits_between_the_calls_that_free_up():
+    async def main(spread: bool):
+        call = Gated()
+        join = Coalescer(call, np.concatenate, max_images=16, max_calls=2, spread=spread)
+        tasks = [asyncio.ensure_future(join(np.array([i]))) for i in range(10)]
+        await settle()
+        call.open.set()
+        await asyncio.gather(*tasks)
+        return [len(b) for b in call.batches]
+
+    spread, greedy = asyncio.run(main(True)), asyncio.run(main(False))
+    assert greedy[:3] == [1, 1, 8]  # the first thread to free up takes all eight that waited
+    assert spread[:2] == [1, 1] and max(spread[2:]) <= 4 and sum(spread) == 10  # at most half of them each
+
+
+def test_callers_sharing_a_call_keep_their_answers_when_one_of_them_goes():
+    async def main():
+        release, batches = asyncio.Semaphore(0), []
+
+        async def call(batch):
+            batches.append(batch.tolist())
+            await release.acquire()  # one call finishes per release
+            return batch * 10
+
+        join = Coalescer(call, np.concatenate, max_images=8, max_calls=1)
+        first = asyncio.ensure_future(join(np.array([0])))
+        await settle()
+        gone, kept = (asyncio.ensure_future(join(np.array([i]))) for i in (1, 2))
+        await settle()
+        release.release()
+        await first
+        await settle()
+        assert batches == [[0], [1, 2]]  # both in flight, together
+        gone.cancel()
+        await settle()
+        release.release()
+        return (await kept).tolist(), gone.cancelled(), join.in_flight
+
+    assert asyncio.run(main()) == ([20], True, 0)
+
+
+@pytest.mark.parametrize(
+    "outputs, error",
+    [(lambda batch: batch[:-1], "1 outputs for 2 inputs"), (lambda batch: None, "has no len")],
+)
+def test_a_call_that_gives_the_wrong_outputs_fails_its_callers_and_leaves_none_waiting(outputs, error):
+    async def bad(batch):
+        return outputs(batch)
+
+    async def main():
+        join = Coalescer(bad, np.concatenate, max_images=4, max_calls=1)
+        return await asyncio.wait_for(asyncio.gather(join(np.array([1, 2])), return_exceptions=True), 5)
+
+    (outcome,) = asyncio.run(main())
+    assert isinstance(outcome, Exception) and error in str(outcome)
+
+
+def test_a_join_that_raises_fails_its_callers():
+    def broken_join(parts):
+        raise ValueError("cannot join")
+
+    async def main():
+        call = Gated()
+        join = Coalescer(call, broken_join, max_images=4, max_calls=1)
+        first = asyncio.ensure_future(join(np.array([0])))
+        await settle()
+        rest = [asyncio.ensure_future(join(np.array([i]))) for i in (1, 2)]
+        await settle()
+        call.open.set()
+        return await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), 5)
+
+    first, *rest = asyncio.run(main())
+    assert first.tolist() == [0] and all(isinstance(r, ValueError) for r in rest)

@@ -201,3 +201,31 @@ def _png(level: int) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (32, 32), (level, level, level)).save(out, "PNG")
     return out.getvalue()
+
+
+def test_a_requests_images_decode_on_several_threads(contract, monkeypatch):
+    """One job per image, spread over CLASSIFIER_DECODE_CONCURRENCY threads: a many-image request is not decoded
+    one image after another in a single thread."""
+    import threading
+    import time
+
+    threads = set()
+
+    def slow_prepare(data, contract, max_pixels):
+        threads.add(threading.get_ident())
+        time.sleep(0.05)  # as Pillow releases the GIL while it decodes: the threads overlap
+        return np.zeros((3, contract.image_size, contract.image_size), dtype=np.uint8)
+
+    monkeypatch.setattr("service.predictor.prepare_image", slow_prepare)
+    uploads = [Upload(f"{i}.png", b"not read") for i in range(8)]
+    fake = FakeModel()
+    classifier = Predictor(
+        ModelDescription("m:1", contract, {}, "w", {}),
+        ServiceSettings(decode_concurrency=4),
+        fake.infer,
+        fake.infer_jpeg,
+        engine_decodes=False,
+    )
+    results = asyncio.run(classifier.classify(uploads, None, many=True))
+    assert len(results) == 8 and fake.calls == [("infer", 8)]
+    assert len(threads) == 4  # at once, and never more than the setting
