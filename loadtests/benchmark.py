@@ -46,10 +46,9 @@ from loadtests.peers import PeerUnavailable, torchserve, triton
 from loadtests.results import Level, median_engines, median_level, plot, table, write_csv
 from loadtests.servers import REPO, serve_process
 from loadtests.sweep import sweep
-from loadtests.traffic import PHOTOS, photo_files
+from loadtests.traffic import default_photos, photo_files
 
 logger = logging.getLogger(__name__)
-SHARED_PHOTOS = REPO.parent / "shared" / "data" / "hymenoptera_data"
 # Our service is measured with each engine that runs a graph of its own on the CPU (the registry's).
 CPU_GRAPH_ENGINES = tuple(name for name in exportable_engines() if "cpu" in ENGINES[name].devices)
 
@@ -168,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--photos",
         type=Path,
-        default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else PHOTOS,
+        default=default_photos(),
         help="photos to send (default: ../shared/data/hymenoptera_data if present, else loadtests/photos)",
     )
     p.add_argument(

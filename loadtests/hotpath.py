@@ -27,10 +27,9 @@ from pathlib import Path
 from loadtests.host import describe_host, host_line
 from loadtests.servers import serve_process
 from loadtests.sweep import sweep  # before anything imports BentoML or urllib3: locust's gevent patches the stdlib
-from loadtests.traffic import PHOTOS
+from loadtests.traffic import default_photos
 
 logger = logging.getLogger("loadtests.hotpath")
-SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--photos",
         type=Path,
-        default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else PHOTOS,
+        default=default_photos(),
         help="photos to send (default: ../shared/data/hymenoptera_data if present, else loadtests/photos)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write hotpath.json here")

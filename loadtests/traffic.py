@@ -18,6 +18,7 @@ from PIL import Image
 from urllib3 import encode_multipart_formdata
 
 PHOTOS = Path(__file__).parent / "photos"
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"  # 397 real photos
 DEFAULT_SIZES = (100, 320, 640, 1280, 2048)  # longest side in pixels; 2048 x 1536 is 3 MP
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -33,6 +34,11 @@ class Payload:
     status: int = 200
     reason: str | None = None  # the error reason expected with a 4xx
     headers: tuple[tuple[str, str], ...] = ()  # besides Content-Type
+
+
+def default_photos() -> Path:
+    """The benchmarks' photos: ../shared/data/hymenoptera_data where present, else the project's few."""
+    return SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else PHOTOS
 
 
 def photo_files(folder: Path) -> list[Path]:
