@@ -154,7 +154,7 @@ class Predictor:
             return
         images = []
         # One job per image, so that a request's images spread over the decoding threads.
-        decoded = await asyncio.gather(*(self.decode([uploads[i].data]) for i in indices))
+        decoded = await _all_or_none(*(self.decode([uploads[i].data]) for i in indices))
         for i, (outcome,) in zip(indices, decoded, strict=True):
             if isinstance(outcome, InputError):
                 errors[i] = ApiError(
