@@ -18,18 +18,21 @@ import argparse
 import contextlib
 import json
 import logging
-import re
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from loadtests.host import describe_host, host_line
 from loadtests.servers import serve_process
 from loadtests.sweep import sweep  # before anything imports BentoML or urllib3: locust's gevent patches the stdlib
 from loadtests.traffic import default_photos
+from service.metrics import PREFIX
 
 logger = logging.getLogger("loadtests.hotpath")
+BATCH_METRIC = f"{PREFIX}_inference_batch_images"  # images per batch the model ran (service/metrics.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,11 +72,12 @@ def parse_variant(text: str) -> dict[str, str]:
 
 def batch_totals(metrics_text: str) -> tuple[float, float]:
     """(images, batches) the model has run so far, from the server's /metrics text."""
-
-    def total(name: str) -> float:
-        return sum(float(v) for v in re.findall(rf"^\w*{name}(?:{{[^}}]*}})? (\S+)$", metrics_text, re.M))
-
-    return total("inference_batch_images_sum"), total("inference_batch_images_count")
+    totals = {f"{BATCH_METRIC}_sum": 0.0, f"{BATCH_METRIC}_count": 0.0}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals[f"{BATCH_METRIC}_sum"], totals[f"{BATCH_METRIC}_count"]
 
 
 def _batch_totals(url: str) -> tuple[float, float]:
