@@ -85,3 +85,13 @@ def test_requests_are_traced_only_where_an_exporter_is_configured():
     assert "OpenTelemetryMiddleware" not in middlewares() and "RunnerTrafficMetricsMiddleware" in middlewares()
     # BentoML's own exporter for tests: with an exporter, spans can go somewhere, and BentoML's middleware is back
     assert "OpenTelemetryMiddleware" in middlewares(tracing={"exporter_type": "in_memory"})
+
+
+def test_another_bentoml_keeps_its_tracing_and_says_so(monkeypatch, caplog):
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    monkeypatch.setattr(ServiceAppFactory, "middlewares", ["as another version might have it"])
+    with caplog.at_level(logging.WARNING, logger=bentoml_compat.__name__):
+        bentoml_compat.trace_only_where_exported()
+    assert ServiceAppFactory.middlewares == ["as another version might have it"]
+    assert "requests stay traced" in caplog.text
