@@ -42,6 +42,7 @@ from pathlib import Path
 from classifier.contract import ContractError
 from classifier.engines import ENGINES, exportable_engines
 from loadtests.host import describe_host, host_line
+from loadtests.hotpath import engine_cpu_seconds
 from loadtests.peers import PeerUnavailable, torchserve, triton
 from loadtests.results import Level, median_engines, median_level, plot, table, write_csv
 from loadtests.servers import REPO, serve_process
@@ -200,6 +201,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _measure(args: argparse.Namespace, contender: Contender, url: str, pid: int, users: int) -> Level:
+    """One load run on one contender; with the server's CPU per image, and, for ours, its engine's share of it."""
+    ours = contender.name.startswith("ours (")
+    cpu, start, engine_cpu = _cpu_seconds(pid), time.monotonic(), engine_cpu_seconds(url) if ours else 0.0
+    (level,) = sweep(
+        url,
+        [users],
+        user_class="PhotoUser",
+        warm_up=args.warm_up,
+        duration=args.duration,
+        max_requests=10**6,
+        options={
+            "photos": str(args.photos),
+            "photo_sizes": args.sizes,
+            "endpoint": contender.endpoint,
+            "field": contender.field,
+            "body": contender.body,
+        },
+    )
+    # Per image: a CPU rate over the warm-up and the measurement, over the rate of images answered in the
+    # measurement (the load is steady across both)
+    elapsed = time.monotonic() - start
+    rate, engine_rate = (_cpu_seconds(pid) - cpu) / elapsed, (engine_cpu_seconds(url) - engine_cpu) / elapsed
+    if not level.images_per_s:
+        return level
+    return dataclasses.replace(
+        level,
+        cpu_ms_per_image=rate * 1000 / level.images_per_s,
+        engine_cpu_ms_per_image=engine_rate * 1000 / level.images_per_s if ours else None,
+    )
+
+
 def measure(
     args: argparse.Namespace, model: str, skipped: dict[str, str]
 ) -> tuple[list[dict], dict[str, dict[int, list[Level]]], AutoChoice]:
@@ -232,28 +265,7 @@ def measure(
             for users in levels:
                 for contender, (url, pid) in servers:
                     logger.info("round %d: %s", r, contender.name)
-                    cpu, start = _cpu_seconds(pid), time.monotonic()
-                    (level,) = sweep(
-                        url,
-                        [users],
-                        user_class="PhotoUser",
-                        warm_up=args.warm_up,
-                        duration=args.duration,
-                        max_requests=10**6,
-                        options={
-                            "photos": str(args.photos),
-                            "photo_sizes": args.sizes,
-                            "endpoint": contender.endpoint,
-                            "field": contender.field,
-                            "body": contender.body,
-                        },
-                    )
-                    # CPU per image: the server's CPU rate over the warm-up and the measurement, over the rate of
-                    # images answered in the measurement (the load is steady across both)
-                    rate = (_cpu_seconds(pid) - cpu) / (time.monotonic() - start)
-                    cpu_ms = rate * 1000 / level.images_per_s if level.images_per_s else None
-                    level = dataclasses.replace(level, cpu_ms_per_image=cpu_ms)
-                    runs[contender.name][users].append(level)
+                    runs[contender.name][users].append(_measure(args, contender, url, pid, users))
     return engine_runs, runs, auto
 
 

@@ -31,6 +31,7 @@ class Level:
     max_ms: float
     failure_examples: str = ""
     cpu_ms_per_image: float | None = None  # CPU time of the server's processes per image answered
+    engine_cpu_ms_per_image: float | None = None  # of which in the model's batch calls (ours only: its /metrics)
 
 
 class Recorder:
@@ -90,6 +91,7 @@ def median_level(rounds: list[Level]) -> Level:
         max_ms=max(lv.max_ms for lv in rounds),
         failure_examples=" | ".join(lv.failure_examples for lv in rounds if lv.failure_examples)[:600],
         cpu_ms_per_image=_median_of([lv.cpu_ms_per_image for lv in rounds]),
+        engine_cpu_ms_per_image=_median_of([lv.engine_cpu_ms_per_image for lv in rounds]),
     )
 
 
@@ -186,8 +188,8 @@ def table(
     lines += [
         "",
         "| service | clients | images/s | p50 ms | p99 ms | failures | x reference | p99 / reference's "
-        "| CPU ms/image |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| CPU ms/image | of which engine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     reference = {lv.users: lv for lv in results.get("reference", [])}
     for name, levels in results.items():
@@ -195,10 +197,12 @@ def table(
             ref = reference.get(lv.users)
             ratio = f"{lv.images_per_s / ref.images_per_s:.2f}" if ref and ref.images_per_s else "-"
             p99 = f"{lv.p99_ms / ref.p99_ms:.2f}" if ref and ref.p99_ms else "-"
-            cpu = f"{lv.cpu_ms_per_image:.1f}" if lv.cpu_ms_per_image is not None else "-"
+            cpu, engine = (
+                f"{v:.1f}" if v is not None else "-" for v in (lv.cpu_ms_per_image, lv.engine_cpu_ms_per_image)
+            )
             lines.append(
                 f"| {name} | {lv.users} | {lv.images_per_s:.1f} | {lv.p50_ms:.0f} | {lv.p99_ms:.0f} | "
-                f"{lv.failures} | {ratio} | {p99} | {cpu} |"
+                f"{lv.failures} | {ratio} | {p99} | {cpu} | {engine} |"
             )
     best_int8 = max(raw.get("onnx-int8", {}).values(), default=0.0)
     ours = {k: v for k, v in results.items() if k.startswith("ours (") and k != AUTO}
@@ -257,18 +261,23 @@ def _default_targets(
 
 
 def _hot_path_target(engines: dict, top: Level, chosen: str | None) -> list[str]:
-    """At most 5 ms of CPU per image outside the engine: the server's CPU per image at the highest concurrency,
-    less the chosen engine's own CPU per image at its largest measured batch (no HTTP)."""
-    own = engines.get("cpu_ms_per_image", {}).get(chosen or "", {})
-    if top.cpu_ms_per_image is None or not own:
+    """At most 5 ms of CPU per image outside the engine: the server's CPU per image at the highest concurrency, less
+    the CPU its model's batch calls took in that run (the engine where it runs, sharing the cores; its /metrics).
+    Beside it, for comparison, the server's CPU less the chosen engine's alone (no HTTP, at its largest batch): that
+    difference also holds what the engine loses by sharing the cores with decoding and HTTP."""
+    if top.cpu_ms_per_image is None or top.engine_cpu_ms_per_image is None:
         return []
-    batch = max(own, key=int)
-    outside = top.cpu_ms_per_image - own[batch]
+    outside = top.cpu_ms_per_image - top.engine_cpu_ms_per_image
+    own = engines.get("cpu_ms_per_image", {}).get(chosen or "", {})
+    alone = ""
+    if own:
+        batch = max(own, key=int)
+        alone = f"; less {chosen} alone at batch {batch}, {own[batch]:.1f}: {top.cpu_ms_per_image - own[batch]:.1f}"
     return [
         _check(
             f"{AUTO} at {top.users} clients: {outside:.1f} ms of CPU per image outside the engine "
-            f"({top.cpu_ms_per_image:.1f} in the server, {own[batch]:.1f} in {chosen} alone at batch {batch}; "
-            "target <= 5)",
+            f"({top.cpu_ms_per_image:.1f} in the server, {top.engine_cpu_ms_per_image:.1f} in its engine's calls"
+            f"{alone}; target <= 5)",
             outside <= 5,
         )
     ]

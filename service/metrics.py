@@ -33,6 +33,7 @@ class ServiceMetrics:
     rejected: Counter
     preprocess_seconds: Histogram
     inference_seconds: Histogram
+    inference_cpu_seconds: Counter
     batch_images: Histogram
     model_info: Gauge
     shed: Counter
@@ -99,6 +100,11 @@ def metrics() -> ServiceMetrics:
             "Time the model service spends on one batch: the forward "
             "pass (and, for JPEGs sent undecoded, their decoding).",
             buckets=_SECONDS,
+        ),
+        inference_cpu_seconds=Counter(
+            f"{PREFIX}_inference_cpu_seconds",
+            "CPU time the model service spends in its batch calls, on every thread of the engine (the rest of the "
+            "server's CPU, from the processes' own counters, is the serving stack's: HTTP, decoding, batching).",
         ),
         batch_images=Histogram(
             f"{PREFIX}_inference_batch_images",

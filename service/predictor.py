@@ -49,7 +49,9 @@ T = TypeVar("T")
 class Predictor:
     """``infer`` takes uint8 [N, 3, S, S] and returns the graph's outputs [N, contract.output_width] (probabilities,
     then the OOD score); ``infer_jpeg`` takes a list of JPEG bytes and returns a JpegResult per image.
-    ``engine_decodes``: send plain JPEGs to infer_jpeg."""
+    ``engine_decodes``: send plain JPEGs to infer_jpeg. ``queue_next``: keep one call more in flight than there are
+    model workers, so a worker finishing a batch finds the next one waiting (for a GPU, whose batches take a few
+    milliseconds; on the CPU the wait costs more than the hop, docs/decisions.md)."""
 
     def __init__(
         self,
@@ -59,11 +61,12 @@ class Predictor:
         infer_jpeg: ModelCall,
         *,
         engine_decodes: bool,
+        queue_next: bool = False,
     ) -> None:
         self.model, self.settings = model, settings
-        # Concurrent requests share model calls (service/coalescing.py): one call in flight per model worker, and
-        # one more so that a worker finishing a batch finds the next one already there.
-        calls, images = settings.model_workers + 1, settings.max_batch_size
+        # Concurrent requests share model calls (service/coalescing.py): one call in flight per model worker (and one
+        # more with queue_next); what arrives meanwhile leaves as one call when one returns.
+        calls, images = settings.model_workers + int(queue_next), settings.max_batch_size
         self.infer = Coalescer(infer, _stacked, max_images=images, max_calls=calls)
         self.infer_jpeg = Coalescer(infer_jpeg, _concatenated, max_images=images, max_calls=calls)
         # Decoding too: one worker thread per call, at most CLASSIFIER_DECODE_CONCURRENCY at once across all requests

@@ -36,6 +36,7 @@ from service.bentoml_compat import (
     service_workers_alive,
     trace_only_where_exported,
 )
+from service.call_cpu import CallCpu
 from service.explainer import Explained, Explainer, ExplainGate, explain_answer, target_index
 from service.feedback import Feedback
 from service.http.app import (
@@ -151,6 +152,7 @@ class ModelRunner:
             logger.warning(caveat)
         self.explainer = Explainer(model.tag, model.contract, settings)
         self.engine.warm_up()
+        self.call_cpu = CallCpu(metrics().inference_cpu_seconds.inc)  # after the warm-up: it counts served batches
         start_trimming(settings.malloc_trim_s)
         # On SIGTERM keep serving while a front worker lives: its queued requests still need the model.
         on_sigterm(settings.graceful_timeout_s, wait_while=service_workers_alive(FRONT))
@@ -183,7 +185,8 @@ class ModelRunner:
 
     def _timed(self, run: Callable[[], T], images: int) -> T:
         start = time.perf_counter()
-        probs = run()
+        with self.call_cpu.measure():
+            probs = run()
         m = metrics()
         m.inference_seconds.observe(time.perf_counter() - start)
         m.batch_images.observe(images)
@@ -220,6 +223,7 @@ class ImageClassifier:
             lambda batch: self.runner.to_async.infer(batch),
             lambda datas: self.runner.to_async.infer_jpeg(datas),
             engine_decodes=engine_decodes,
+            queue_next=device.type == "cuda",
         )
         self.feedback_loop = Feedback(self.model, self.settings)
         self.explain_gate = ExplainGate(self.settings)

@@ -229,3 +229,40 @@ def test_a_requests_images_decode_on_several_threads(contract, monkeypatch):
     results = asyncio.run(classifier.classify(uploads, None, many=True))
     assert len(results) == 8 and fake.calls == [("infer", 8)]
     assert len(threads) == 4  # at once, and never more than the setting
+
+
+@pytest.mark.parametrize(("queue_next", "most"), [(False, 1), (True, 2)])
+def test_calls_in_flight_are_one_per_model_worker_and_one_more_with_queue_next(contract, queue_next, most):
+    """On the CPU the front keeps one call per model worker in flight; with queue_next (a GPU) one more waits at the
+    runner. Requests arriving meanwhile join the next call either way."""
+    in_flight, peak = 0, 0
+
+    class SlowModel(FakeModel):
+        async def infer(self, batch):
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.05)
+            in_flight -= 1
+            return np.zeros((len(batch), 2), dtype=np.float32)
+
+    fake = SlowModel()
+    classifier = Predictor(
+        ModelDescription("m:1", contract, {}, "w", {}),
+        ServiceSettings(model_workers=1, decode_concurrency=1),
+        fake.infer,
+        fake.infer_jpeg,
+        engine_decodes=False,
+        queue_next=queue_next,
+    )
+    uploads = [Upload(f"{v}.png", _png(v)) for v in range(1, 9)]
+
+    async def staggered(i: int, upload: Upload):
+        await asyncio.sleep(i * 0.01)  # arriving while calls are in flight
+        return await classifier.classify([upload], None, many=False)
+
+    async def all_of_them():
+        return await asyncio.gather(*(staggered(i, u) for i, u in enumerate(uploads)))
+
+    assert len(asyncio.run(all_of_them())) == 8
+    assert peak == most
