@@ -223,13 +223,14 @@ def _measure(args: argparse.Namespace, contender: Contender, url: str, pid: int,
     # Per image: a CPU rate over the warm-up and the measurement, over the rate of images answered in the
     # measurement (the load is steady across both)
     elapsed = time.monotonic() - start
-    rate, engine_rate = (_cpu_seconds(pid) - cpu) / elapsed, (engine_cpu_seconds(url) - engine_cpu) / elapsed
+    rate = (_cpu_seconds(pid) - cpu) / elapsed
+    engine_rate = (engine_cpu_seconds(url) - engine_cpu) / elapsed if ours else None  # peers have no such metric
     if not level.images_per_s:
         return level
     return dataclasses.replace(
         level,
         cpu_ms_per_image=rate * 1000 / level.images_per_s,
-        engine_cpu_ms_per_image=engine_rate * 1000 / level.images_per_s if ours else None,
+        engine_cpu_ms_per_image=None if engine_rate is None else engine_rate * 1000 / level.images_per_s,
     )
 
 

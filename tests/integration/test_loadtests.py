@@ -187,6 +187,10 @@ def test_benchmark_runs_in_a_tiny_configuration(trained_model, tmp_path):
         assert "x triton (onnx) (target >= 2)" in result.stdout
     assert set(services) == ours | peers
     assert "ours (auto) at 2 clients: " in result.stdout and "of the best eligible raw engine" in result.stdout
+    assert "ms of CPU per image outside the engine" in result.stdout
+    # the engine's CPU is read from our servers' /metrics; the reference and the peers have no such figure
+    assert all(services[name][0]["engine_cpu_ms_per_image"] > 0 for name in ours - {"reference"})
+    assert all(services[name][0]["engine_cpu_ms_per_image"] is None for name in peers | {"reference"})
     for levels in services.values():
         assert levels[0]["users"] == 2 and levels[0]["failures"] == 0 and levels[0]["images_per_s"] > 0
     assert "| reference | 2 |" in result.stdout and "x reference" in result.stdout
@@ -208,6 +212,9 @@ def test_hotpath_splits_the_cpu_per_image_by_process(trained_model, tmp_path):
     for row in rows:
         assert row["failures"] == 0 and row["images_per_s"] > 0 and row["mean_batch"] >= 1
         assert row["cpu_ms_per_image"]["front"] > 0 and row["cpu_ms_per_image"]["runner"] > 0
+        # the engine's calls are part of the runner's CPU; the rest of the server's is outside the engine
+        assert 0 < row["engine_cpu_ms_per_image"] < row["cpu_ms_per_image"]["runner"]
+        assert row["outside_engine_ms_per_image"] > row["cpu_ms_per_image"]["front"]
     assert "Host: " in result.stdout
 
 

@@ -233,6 +233,8 @@ def test_project_metrics_move(server, trained_model):
         "image_classifier_inference_duration_seconds_count",
     ):
         assert total(after, hist) >= total(before, hist) + 1, hist
+    cpu = "image_classifier_inference_cpu_seconds_total"  # the forward pass's CPU, counted where it runs
+    assert total(after, cpu) > total(before, cpu)
     assert (
         total(after, "image_classifier_model_info", tag=trained_model, backbone="resnet50", device="cpu", engine="onnx")
         == 1
