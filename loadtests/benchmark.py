@@ -61,6 +61,7 @@ class Contender:
     endpoint: str
     field: str = "image"  # the multipart field
     body: str = "multipart"  # or "triton": Triton's binary tensor extension
+    counts_engine_cpu: bool = False  # serves image_classifier_inference_cpu_seconds_total (ours)
 
 
 def contenders(model: str, engines: list[str], batching: dict[str, str]) -> list[Contender]:
@@ -69,6 +70,7 @@ def contenders(model: str, engines: list[str], batching: dict[str, str]) -> list
             f"ours ({engine})",
             functools.partial(_bentoml, {**batching, "CLASSIFIER_MODEL_TAG": model, "CLASSIFIER_ENGINE": engine}),
             "/v1/predict",
+            counts_engine_cpu=True,
         )
         for engine in engines
     ]
@@ -203,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _measure(args: argparse.Namespace, contender: Contender, url: str, pid: int, users: int) -> Level:
     """One load run on one contender; with the server's CPU per image, and, for ours, its engine's share of it."""
-    ours = contender.name.startswith("ours (")
-    cpu, start, engine_cpu = _cpu_seconds(pid), time.monotonic(), engine_cpu_seconds(url) if ours else 0.0
+    engine_cpu = _engine_cpu_seconds(url) if contender.counts_engine_cpu else None
+    cpu, start = _cpu_seconds(pid), time.monotonic()
     (level,) = sweep(
         url,
         [users],
@@ -224,14 +226,30 @@ def _measure(args: argparse.Namespace, contender: Contender, url: str, pid: int,
     # measurement (the load is steady across both)
     elapsed = time.monotonic() - start
     rate = (_cpu_seconds(pid) - cpu) / elapsed
-    engine_rate = (engine_cpu_seconds(url) - engine_cpu) / elapsed if ours else None  # peers have no such metric
+    engine_after = _engine_cpu_seconds(url) if engine_cpu is not None else None
     if not level.images_per_s:
         return level
+    cpu_ms = rate * 1000 / level.images_per_s
+    if engine_cpu is None or engine_after is None:
+        return dataclasses.replace(level, cpu_ms_per_image=cpu_ms)
+    engine_ms = (engine_after - engine_cpu) / elapsed * 1000 / level.images_per_s
     return dataclasses.replace(
         level,
-        cpu_ms_per_image=rate * 1000 / level.images_per_s,
-        engine_cpu_ms_per_image=None if engine_rate is None else engine_rate * 1000 / level.images_per_s,
+        cpu_ms_per_image=cpu_ms,
+        engine_cpu_ms_per_image=engine_ms,
+        outside_engine_ms_per_image=cpu_ms - engine_ms,
     )
+
+
+def _engine_cpu_seconds(url: str) -> float | None:
+    """Our server's CPU seconds in its model's batch calls so far; None (the round keeps its other figures) if its
+    /metrics cannot be read."""
+    try:
+        return engine_cpu_seconds(url)
+    except OSError as exc:  # urllib's errors, timeouts included
+        logger.warning("%s/metrics: cannot read the engine's CPU (%s): this round has no figure outside the engine",
+                       url, exc)  # fmt: skip
+        return None
 
 
 def measure(

@@ -32,6 +32,7 @@ class Level:
     failure_examples: str = ""
     cpu_ms_per_image: float | None = None  # CPU time of the server's processes per image answered
     engine_cpu_ms_per_image: float | None = None  # of which in the model's batch calls (ours only: its /metrics)
+    outside_engine_ms_per_image: float | None = None  # the rest, the serving stack's (the difference per round)
 
 
 class Recorder:
@@ -92,6 +93,7 @@ def median_level(rounds: list[Level]) -> Level:
         failure_examples=" | ".join(lv.failure_examples for lv in rounds if lv.failure_examples)[:600],
         cpu_ms_per_image=_median_of([lv.cpu_ms_per_image for lv in rounds]),
         engine_cpu_ms_per_image=_median_of([lv.engine_cpu_ms_per_image for lv in rounds]),
+        outside_engine_ms_per_image=_median_of([lv.outside_engine_ms_per_image for lv in rounds]),
     )
 
 
@@ -188,7 +190,7 @@ def table(
     lines += [
         "",
         "| service | clients | images/s | p50 ms | p99 ms | failures | x reference | p99 / reference's "
-        "| CPU ms/image | of which engine |",
+        "| CPU ms/image | in engine calls |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     reference = {lv.users: lv for lv in results.get("reference", [])}
@@ -262,23 +264,22 @@ def _default_targets(
 
 def _hot_path_target(engines: dict, top: Level, chosen: str | None) -> list[str]:
     """At most 5 ms of CPU per image outside the engine: the server's CPU per image at the highest concurrency, less
-    the CPU its model's batch calls took in that run (the engine where it runs, sharing the cores; its /metrics).
-    Beside it, for comparison, the server's CPU less the chosen engine's alone (no HTTP, at its largest batch): that
-    difference also holds what the engine loses by sharing the cores with decoding and HTTP."""
-    if top.cpu_ms_per_image is None or top.engine_cpu_ms_per_image is None:
+    the CPU its model's batch calls took in the same round (the engine where it runs, sharing the cores; its
+    /metrics), the median over rounds. Beside it, for comparison, the server's CPU less the chosen engine's alone
+    (no HTTP, at its largest batch): that difference also holds what the engine loses by sharing the cores."""
+    if top.cpu_ms_per_image is None or top.outside_engine_ms_per_image is None:
         return []
-    outside = top.cpu_ms_per_image - top.engine_cpu_ms_per_image
     own = engines.get("cpu_ms_per_image", {}).get(chosen or "", {})
     alone = ""
     if own:
         batch = max(own, key=int)
         alone = f"; less {chosen} alone at batch {batch}, {own[batch]:.1f}: {top.cpu_ms_per_image - own[batch]:.1f}"
+    engine = f"{top.engine_cpu_ms_per_image:.1f}" if top.engine_cpu_ms_per_image is not None else "-"
     return [
         _check(
-            f"{AUTO} at {top.users} clients: {outside:.1f} ms of CPU per image outside the engine "
-            f"({top.cpu_ms_per_image:.1f} in the server, {top.engine_cpu_ms_per_image:.1f} in its engine's calls"
-            f"{alone}; target <= 5)",
-            outside <= 5,
+            f"{AUTO} at {top.users} clients: {top.outside_engine_ms_per_image:.1f} ms of CPU per image outside the "
+            f"engine ({top.cpu_ms_per_image:.1f} in the server, {engine} in its engine's calls{alone}; target <= 5)",
+            top.outside_engine_ms_per_image <= 5,
         )
     ]
 

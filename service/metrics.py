@@ -103,8 +103,9 @@ def metrics() -> ServiceMetrics:
         ),
         inference_cpu_seconds=Counter(
             f"{PREFIX}_inference_cpu_seconds",
-            "CPU time the model service spends in its batch calls, on every thread of the engine (the rest of the "
-            "server's CPU, from the processes' own counters, is the serving stack's: HTTP, decoding, batching).",
+            "CPU time of the model service while its batch calls run, on every thread but its event loop's: the "
+            "engine (with any /v1/explain running meanwhile). The rest of the server's CPU, from the processes' own "
+            "counters, is the serving stack's: HTTP, decoding, batching.",
         ),
         batch_images=Histogram(
             f"{PREFIX}_inference_batch_images",

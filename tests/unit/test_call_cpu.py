@@ -5,7 +5,13 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from service.call_cpu import CallCpu
+
+per_thread_clocks = pytest.mark.skipif(
+    not hasattr(time, "pthread_getcpuclockid"), reason="no per-thread CPU clocks here (Windows, macOS)"
+)
 
 
 def _burn(seconds: float) -> None:
@@ -21,6 +27,7 @@ def _in_a_thread(seconds: float) -> None:
     helper.join()
 
 
+@per_thread_clocks
 def test_a_calls_helper_threads_count_and_the_loop_threads_own_cpu_does_not():
     recorded: list[float] = []
     loop_thread = threading.get_ident()  # this thread plays the event loop's part
@@ -57,3 +64,27 @@ def test_a_failed_call_still_counts():
     except RuntimeError:
         pass
     assert len(recorded) == 1 and recorded[0] >= 0.05
+
+
+@per_thread_clocks
+def test_by_default_the_main_threads_cpu_is_left_out():
+    """BentoML's workers run their event loop in the main thread: its work beside a call is not the engine's."""
+    assert threading.current_thread() is threading.main_thread()  # pytest runs tests in the main thread
+    recorded: list[float] = []
+    cpu = CallCpu(recorded.append)
+    with cpu.measure():
+        _burn(0.2)
+    assert len(recorded) == 1 and recorded[0] < 0.05
+
+
+def test_a_clock_that_fails_skips_the_figure_not_the_call(monkeypatch):
+    recorded: list[float] = []
+    cpu = CallCpu(recorded.append, loop_thread=threading.get_ident())
+
+    def broken() -> float:
+        raise OSError("invalid clock")
+
+    monkeypatch.setattr(cpu, "_loop_cpu", broken)
+    with cpu.measure():
+        answer = 42  # the call itself goes on
+    assert answer == 42 and recorded == []

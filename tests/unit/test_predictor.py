@@ -237,32 +237,41 @@ def test_calls_in_flight_are_one_per_model_worker_and_one_more_with_queue_next(c
     runner. Requests arriving meanwhile join the next call either way."""
     in_flight, peak = 0, 0
 
-    class SlowModel(FakeModel):
-        async def infer(self, batch):
-            nonlocal in_flight, peak
-            in_flight += 1
-            peak = max(peak, in_flight)
-            await asyncio.sleep(0.05)
-            in_flight -= 1
-            return np.zeros((len(batch), 2), dtype=np.float32)
+    async def scenario():
+        nonlocal in_flight, peak
+        release = asyncio.Event()
 
-    fake = SlowModel()
-    classifier = Predictor(
-        ModelDescription("m:1", contract, {}, "w", {}),
-        ServiceSettings(model_workers=1, decode_concurrency=1),
-        fake.infer,
-        fake.infer_jpeg,
-        engine_decodes=False,
-        queue_next=queue_next,
-    )
-    uploads = [Upload(f"{v}.png", _png(v)) for v in range(1, 9)]
+        class HeldModel(FakeModel):
+            async def infer(self, batch):
+                nonlocal in_flight, peak
+                self.calls.append(("infer", len(batch)))
+                in_flight += 1
+                peak = max(peak, in_flight)
+                await release.wait()  # the model is busy until the test lets go
+                in_flight -= 1
+                return np.zeros((len(batch), 2), dtype=np.float32)
 
-    async def staggered(i: int, upload: Upload):
-        await asyncio.sleep(i * 0.01)  # arriving while calls are in flight
-        return await classifier.classify([upload], None, many=False)
+        fake = HeldModel()
+        classifier = Predictor(
+            ModelDescription("m:1", contract, {}, "w", {}),
+            ServiceSettings(model_workers=1, decode_concurrency=1),
+            fake.infer,
+            fake.infer_jpeg,
+            engine_decodes=False,
+            queue_next=queue_next,
+        )
+        requests = [
+            asyncio.ensure_future(classifier.classify([Upload(f"{v}.png", _png(v))], None, many=False))
+            for v in range(1, 9)
+        ]
+        for _ in range(400):  # until the calls allowed are under way (decoding runs in a thread)
+            await asyncio.sleep(0.005)
+            if in_flight >= most:
+                break
+        await asyncio.sleep(0.1)  # time enough for a call beyond the allowance to start, were one allowed
+        release.set()
+        return await asyncio.gather(*requests), len(fake.calls)
 
-    async def all_of_them():
-        return await asyncio.gather(*(staggered(i, u) for i, u in enumerate(uploads)))
-
-    assert len(asyncio.run(all_of_them())) == 8
+    answers, calls = asyncio.run(scenario())
+    assert len(answers) == 8 and calls < 8  # the requests that waited shared calls
     assert peak == most
