@@ -152,7 +152,7 @@ class ModelRunner:
             logger.warning(caveat)
         self.explainer = Explainer(model.tag, model.contract, settings)
         self.engine.warm_up()
-        self.call_cpu = CallCpu(metrics().inference_cpu_seconds.inc)  # after the warm-up: it counts served batches
+        self.call_cpu = CallCpu(metrics().inference_cpu_seconds.inc)  # the engine's CPU, for /metrics
         start_trimming(settings.malloc_trim_s)
         # On SIGTERM keep serving while a front worker lives: its queued requests still need the model.
         on_sigterm(settings.graceful_timeout_s, wait_while=service_workers_alive(FRONT))

@@ -42,6 +42,12 @@ def classify(contract, uploads, fake, *, engine_decodes=True, many=True):
     return asyncio.run(classifier.classify(uploads, None, many=many))
 
 
+def _front(contract, model: FakeModel, settings: ServiceSettings, **options) -> Predictor:
+    """A Predictor for a model of ``contract`` over a fake model service (no server), decoding in the front."""
+    description = ModelDescription("m:1", contract, {}, "w", {})
+    return Predictor(description, settings, model.infer, model.infer_jpeg, engine_decodes=False, **options)
+
+
 @pytest.fixture
 def files(odd_image):
     return {name: Upload(name, odd_image(name)) for name in ("hopper.jpg", "hopper.png", "hopper_orientation_6.jpg")}
@@ -134,10 +140,7 @@ def test_requests_beyond_capacity_are_shed_with_503(contract, files):
 
 def test_bodies_that_do_not_fit_the_budget_are_shed_before_they_are_read(contract):
     settings = ServiceSettings(max_inflight_body_bytes=3_000_000, max_body_bytes=2_000_000)
-    classifier = Predictor(
-        ModelDescription("m:1", contract, {}, "w", {}), settings, FakeModel().infer, FakeModel().infer_jpeg,
-        engine_decodes=False,
-    )  # fmt: skip
+    classifier = _front(contract, FakeModel(), settings)
     with classifier.receiving({"content-length": "1500000"}):
         assert classifier.bodies.held == 1_500_000
         with classifier.receiving({"content-length": "1000000"}):  # fits beside it
@@ -169,13 +172,7 @@ def test_concurrent_requests_share_model_calls_and_a_bad_image_fails_only_its_ow
             return np.stack([np.array([i / 100, 1 - i / 100], dtype=np.float32) for i in batch[:, 0, 0, 0]])
 
     fake = SlowModel()
-    classifier = Predictor(
-        ModelDescription("m:1", contract, {}, "w", {}),
-        ServiceSettings(model_workers=1, decode_concurrency=1),
-        fake.infer,
-        fake.infer_jpeg,
-        engine_decodes=False,
-    )
+    classifier = _front(contract, fake, ServiceSettings(model_workers=1, decode_concurrency=1))
     solid = [Upload(f"{v}.png", _png(v)) for v in range(1, 8)]
     bad = Upload("broken.png", odd_image("broken.png"))
 
@@ -219,13 +216,7 @@ def test_a_requests_images_decode_on_several_threads(contract, monkeypatch):
     monkeypatch.setattr("service.predictor.prepare_image", slow_prepare)
     uploads = [Upload(f"{i}.png", b"not read") for i in range(8)]
     fake = FakeModel()
-    classifier = Predictor(
-        ModelDescription("m:1", contract, {}, "w", {}),
-        ServiceSettings(decode_concurrency=4),
-        fake.infer,
-        fake.infer_jpeg,
-        engine_decodes=False,
-    )
+    classifier = _front(contract, fake, ServiceSettings(decode_concurrency=4))
     results = asyncio.run(classifier.classify(uploads, None, many=True))
     assert len(results) == 8 and fake.calls == [("infer", 8)]
     assert len(threads) == 4  # at once, and never more than the setting
@@ -252,13 +243,8 @@ def test_calls_in_flight_are_one_per_model_worker_and_one_more_with_queue_next(c
                 return np.zeros((len(batch), 2), dtype=np.float32)
 
         fake = HeldModel()
-        classifier = Predictor(
-            ModelDescription("m:1", contract, {}, "w", {}),
-            ServiceSettings(model_workers=1, decode_concurrency=1),
-            fake.infer,
-            fake.infer_jpeg,
-            engine_decodes=False,
-            queue_next=queue_next,
+        classifier = _front(
+            contract, fake, ServiceSettings(model_workers=1, decode_concurrency=1), queue_next=queue_next
         )
         requests = [
             asyncio.ensure_future(classifier.classify([Upload(f"{v}.png", _png(v))], None, many=False))
