@@ -120,6 +120,13 @@ def serve(
         yield server.url
 
 
+PORT_ATTEMPTS = 3  # a port can be taken between being found free and being bound: ours, or circus's ZMQ ports
+
+
+class PortTaken(RuntimeError):
+    """The server stopped at start-up because a port it chose was taken meanwhile."""
+
+
 @contextlib.contextmanager
 def serve_process(
     env: dict[str, str],
@@ -132,8 +139,21 @@ def serve_process(
 
     ``env`` is added to this process's environment; the server gets its own BENTOML_HOME that
     shares the current one's models (see private_home). The server's output goes to ``log_path`` if
-    given, else to a temporary file, shown when it fails to start.
+    given, else to a temporary file, shown when it fails to start. A start that fails on a port taken
+    meanwhile (another process bound it after it was found free) is tried again on other ports.
     """
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            with _serve_once(env, target=target, timeout=timeout, log_path=log_path) as server:
+                yield server
+            return
+        except PortTaken:
+            if attempt == PORT_ATTEMPTS:
+                raise
+
+
+@contextlib.contextmanager
+def _serve_once(env: dict[str, str], *, target: str, timeout: float, log_path: Path | None) -> Iterator[RunningServer]:
     port = free_port()
     home = private_home()
     if log_path is None:
@@ -152,7 +172,9 @@ def serve_process(
         while not _ready(url):
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.seek(0)
-                raise RuntimeError(f"server did not become ready:\n{log.read()[-4000:]}")
+                output = log.read()
+                failure = PortTaken if proc.poll() is not None and "Address already in use" in output else RuntimeError
+                raise failure(f"server did not become ready:\n{output[-4000:]}")
             time.sleep(0.5)
         yield RunningServer(url, proc, Path(log_path))
     finally:

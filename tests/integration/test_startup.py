@@ -107,3 +107,27 @@ def test_a_cached_engine_choice_still_refuses_a_corrupt_graph(trained_model, tmp
     _, _, host = candidates_here(describe_model(tag), ServiceSettings.from_env(env))
     assert remember(tmp_path, tag, EngineChoice("onnx", (Candidate("onnx", 1.0, 0.0, images_per_s=50.0),), host))
     assert_refused(start(env), "cannot load")
+
+
+def test_a_port_taken_before_the_server_binds_it_is_tried_again(trained_model, monkeypatch):
+    """The test harness's servers: a port found free and then taken by another process (ours, or one of the ZMQ
+    ports BentoML's process manager picks) fails that start only; the next start gets other ports."""
+    import socket
+    import urllib.request
+
+    from loadtests import servers
+
+    found: list[int] = []
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+
+        def first_one_taken() -> int:
+            found.append(taken.getsockname()[1] if not found else free_port())
+            return found[-1]
+
+        monkeypatch.setattr(servers, "free_port", first_one_taken)
+        with servers.serve({"CLASSIFIER_MODEL_TAG": trained_model, "CLASSIFIER_ENGINE": "onnx"}) as url:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=30) as response:
+                assert response.status == 200
+    assert len(found) == 2 and url.endswith(f":{found[1]}")
