@@ -28,6 +28,12 @@ def glibc_trim() -> Callable[[], bool] | None:
     return lambda: bool(trim(0))
 
 
+def trim_now() -> bool:
+    """Give free heap memory back to the system once, where the C library can; whether any was released."""
+    trim = glibc_trim()
+    return trim is not None and trim()
+
+
 def start_trimming(interval_s: float, trim: Callable[[], bool] | None = None) -> threading.Event | None:
     """Trim every ``interval_s`` seconds in a daemon thread (ctypes lets go of the GIL meanwhile) until
     the returned event is set; None when ``interval_s`` is 0 or the C library cannot trim."""

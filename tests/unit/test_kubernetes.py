@@ -77,8 +77,18 @@ def test_settings_are_valid_service_settings(overlay):
     config = resources["ConfigMap"]
     assert _container(resources)["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
     settings = ServiceSettings.from_env(config["data"])  # what the pods will read at start-up
-    expected = {"cpu": ("cpu", "onnx", False), "gpu": ("cuda", "torch", True)}[name]
+    expected = {"cpu": ("cpu", "auto", False), "gpu": ("cuda", "torch", True)}[name]
     assert (settings.device, settings.engine, settings.compile) == expected
+
+
+def test_the_cache_folder_is_a_volume_of_the_pod(overlay):
+    """What auto measured and the compiled models survive a container restart: the cache is not in the container."""
+    _, resources = overlay
+    settings = ServiceSettings.from_env(resources["ConfigMap"]["data"])
+    mounts = _container(resources)["volumeMounts"]
+    (mount,) = [m for m in mounts if settings.cache_folder.is_relative_to(m["mountPath"])]
+    volumes = resources["Deployment"]["spec"]["template"]["spec"]["volumes"]
+    assert [v["name"] for v in volumes if "emptyDir" in v] == [mount["name"]]
 
 
 def test_probes_ports_and_graceful_shutdown(overlay):
