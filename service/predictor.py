@@ -49,9 +49,7 @@ T = TypeVar("T")
 class Predictor:
     """``infer`` takes uint8 [N, 3, S, S] and returns the graph's outputs [N, contract.output_width] (probabilities,
     then the OOD score); ``infer_jpeg`` takes a list of JPEG bytes and returns a JpegResult per image.
-    ``engine_decodes``: send plain JPEGs to infer_jpeg. ``queue_next``: keep one call more in flight than there are
-    model workers, so a worker finishing a batch finds the next one waiting (for a GPU, whose batches take a few
-    milliseconds; on the CPU the wait costs more than the hop, docs/decisions.md)."""
+    ``engine_decodes``: send plain JPEGs to infer_jpeg. ``device``: the model's device type ("cpu", "cuda")."""
 
     def __init__(
         self,
@@ -61,11 +59,14 @@ class Predictor:
         infer_jpeg: ModelCall,
         *,
         engine_decodes: bool,
-        queue_next: bool = False,
+        device: str = "cpu",
     ) -> None:
         self.model, self.settings = model, settings
-        # Concurrent requests share model calls (service/coalescing.py): one call in flight per model worker (and one
-        # more with queue_next); what arrives meanwhile leaves as one call when one returns.
+        # Concurrent requests share model calls (service/coalescing.py): one call in flight per model worker; what
+        # arrives meanwhile leaves as one call when one returns. On a GPU one call more waits at the model service, so
+        # a worker finishing a batch (in milliseconds) finds the next one there; on the CPU that waiting call cost
+        # more than the hop it saves (docs/decisions.md).
+        queue_next = device == "cuda"
         calls, images = settings.model_workers + int(queue_next), settings.max_batch_size
         self.infer = Coalescer(infer, _stacked, max_images=images, max_calls=calls)
         self.infer_jpeg = Coalescer(infer_jpeg, _concatenated, max_images=images, max_calls=calls)

@@ -226,7 +226,7 @@ class ImageClassifier:
             lambda batch: self.runner.to_async.infer(batch),
             lambda datas: self.runner.to_async.infer_jpeg(datas),
             engine_decodes=engine_decodes,
-            queue_next=device.type == "cuda",
+            device=device.type,
         )
         self.feedback_loop = Feedback(self.model, self.settings)
         self.explain_gate = ExplainGate(self.settings)

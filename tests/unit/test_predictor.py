@@ -222,10 +222,10 @@ def test_a_requests_images_decode_on_several_threads(contract, monkeypatch):
     assert len(threads) == 4  # at once, and never more than the setting
 
 
-@pytest.mark.parametrize(("queue_next", "most"), [(False, 1), (True, 2)])
-def test_calls_in_flight_are_one_per_model_worker_and_one_more_with_queue_next(contract, queue_next, most):
-    """On the CPU the front keeps one call per model worker in flight; with queue_next (a GPU) one more waits at the
-    runner. Requests arriving meanwhile join the next call either way."""
+@pytest.mark.parametrize(("device", "most"), [("cpu", 1), ("cuda", 2)])
+def test_calls_in_flight_are_one_per_model_worker_and_one_more_on_a_gpu(contract, device, most):
+    """On the CPU the front keeps one call per model worker in flight; on a GPU one more waits at the runner.
+    Requests arriving meanwhile join the next call either way."""
     in_flight, peak = 0, 0
 
     async def scenario():
@@ -243,9 +243,7 @@ def test_calls_in_flight_are_one_per_model_worker_and_one_more_with_queue_next(c
                 return np.zeros((len(batch), 2), dtype=np.float32)
 
         fake = HeldModel()
-        classifier = _front(
-            contract, fake, ServiceSettings(model_workers=1, decode_concurrency=1), queue_next=queue_next
-        )
+        classifier = _front(contract, fake, ServiceSettings(model_workers=1, decode_concurrency=1), device=device)
         requests = [
             asyncio.ensure_future(classifier.classify([Upload(f"{v}.png", _png(v))], None, many=False))
             for v in range(1, 9)
