@@ -59,7 +59,7 @@ class Predictor:
         infer_jpeg: ModelCall,
         *,
         engine_decodes: bool,
-        device: str = "cpu",
+        device: str,
     ) -> None:
         self.model, self.settings = model, settings
         # Concurrent requests share model calls (service/coalescing.py): one call in flight per model worker; what

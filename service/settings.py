@@ -143,7 +143,8 @@ class ServiceSettings(BaseSettings):
         ge=0,
         le=3600,
         description="every so many seconds each worker gives the memory glibc's malloc holds free back to the "
-        "system (malloc_trim), so RSS follows use; 0: never",
+        "system (malloc_trim), so RSS follows use, and the manager does once after checking the engine's file at "
+        "start; 0: never",
     )
     graceful_timeout_s: float = Field(
         60,

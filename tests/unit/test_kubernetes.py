@@ -85,10 +85,12 @@ def test_the_cache_folder_is_a_volume_of_the_pod(overlay):
     """What auto measured and the compiled models survive a container restart: the cache is not in the container."""
     _, resources = overlay
     settings = ServiceSettings.from_env(resources["ConfigMap"]["data"])
-    mounts = _container(resources)["volumeMounts"]
-    (mount,) = [m for m in mounts if settings.cache_folder.is_relative_to(m["mountPath"])]
-    volumes = resources["Deployment"]["spec"]["template"]["spec"]["volumes"]
-    assert [v["name"] for v in volumes if "emptyDir" in v] == [mount["name"]]
+    mounts = [
+        m for m in _container(resources).get("volumeMounts", []) if settings.cache_folder.is_relative_to(m["mountPath"])
+    ]
+    assert mounts, f"the cache folder {settings.cache_folder} is on no volume of the container"
+    volumes = {v["name"]: v for v in resources["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert all("emptyDir" in volumes[m["name"]] for m in mounts)  # per pod: another pod's choice may not fit its node
 
 
 def test_probes_ports_and_graceful_shutdown(overlay):

@@ -38,14 +38,16 @@ class FakeModel:
 
 def classify(contract, uploads, fake, *, engine_decodes=True, many=True):
     model = ModelDescription("m:1", contract, {}, "w", {})
-    classifier = Predictor(model, ServiceSettings(), fake.infer, fake.infer_jpeg, engine_decodes=engine_decodes)
+    classifier = Predictor(
+        model, ServiceSettings(), fake.infer, fake.infer_jpeg, engine_decodes=engine_decodes, device="cpu"
+    )
     return asyncio.run(classifier.classify(uploads, None, many=many))
 
 
-def _front(contract, model: FakeModel, settings: ServiceSettings, **options) -> Predictor:
+def _front(contract, model: FakeModel, settings: ServiceSettings, *, device: str = "cpu") -> Predictor:
     """A Predictor for a model of ``contract`` over a fake model service (no server), decoding in the front."""
     description = ModelDescription("m:1", contract, {}, "w", {})
-    return Predictor(description, settings, model.infer, model.infer_jpeg, engine_decodes=False, **options)
+    return Predictor(description, settings, model.infer, model.infer_jpeg, engine_decodes=False, device=device)
 
 
 @pytest.fixture
@@ -125,6 +127,7 @@ def test_requests_beyond_capacity_are_shed_with_503(contract, files):
         SlowModel().infer,
         SlowModel().infer_jpeg,
         engine_decodes=False,
+        device="cpu",
     )
 
     async def three_at_once():
