@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             result["inputs"][name] = {"bytes": len(body), "pixels": image.width * image.height}
     with serve_process({"CLASSIFIER_MODEL_TAG": args.model_tag}) as server:
         result["at_start"] = peaks(server.process.pid)
+        result["engine"] = httpx.get(f"{server.url}/v1/model", timeout=30).json()["engine"]  # auto's choice, or named
         for _ in range(args.rounds):
             for name, (body, content_type) in inputs.items():
                 statuses = asyncio.run(burst(server.url, body, content_type, args.clients))
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "peak_memory.json").write_text(json.dumps(result, indent=2) + "\n")
     print(host_line(result["host"]))
     print(f"inputs: {result['inputs']}")
+    print(f"engine: {result['engine']}")
     print(f"peak RSS per process (MiB) at start {result['at_start']}, after all bursts {final}")
     print(f"sum of the peaks: {result['peak_total_mib']} MiB")
     return 0
