@@ -106,7 +106,7 @@ class ModelRunner:
             # A corrupt or foreign file stops the server here, not in a worker (a fresh measurement has built it).
             if ENGINES[serving.engine].reads_file and (serving.choice is None or serving.choice.cached):
                 make_engine(serving.model, serving.engine, serving.device, threads=1, cache_dir=settings.cache_folder)
-                # That engine is gone, but malloc keeps its heap (about 240 MiB for ResNet50 with ONNX Runtime fp32),
+                # That engine is gone, but malloc keeps its heap (165-225 MiB for ResNet50 with ONNX Runtime fp32),
                 # and this process (BentoML's manager) lives as long as the server.
                 if settings.malloc_trim_s > 0:
                     gc.collect()  # anything of it held in a reference cycle goes first
