@@ -6,7 +6,11 @@ Starts a server, then sends bursts of the worst single-image requests its limits
 --clients concurrent clients, --rounds times: PNGs of just under CLASSIFIER_MAX_PIXELS (which cannot be
 decoded at a reduced scale, as JPEGs are) and JPEGs of noise close to the body limit. Reports each server
 process's peak resident memory (VmHWM, from /proc) at the start and after each burst; the sum of the
-peaks bounds the replica's peak from above. Writes peak_memory.json to --out.
+peaks bounds the replica's peak from above, counting each process at its own worst moment (the manager's is
+at start-up, before any worker runs). Throughout, it also samples every process's memory together
+(--sample-ms) and reports the largest total seen at one moment: RSS, and PSS, which counts pages the
+processes share (libraries, the forked manager's) once, as a container's memory limit does. Writes
+peak_memory.json to --out.
 """
 
 from __future__ import annotations
@@ -17,7 +21,11 @@ import io
 import json
 import logging
 import sys
+import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -72,6 +80,70 @@ def peaks(pid: int) -> dict[str, float]:
     return {role: round(mib, 1) for role, mib in sorted(out.items())}
 
 
+def memory_now(pid: int) -> dict[str, tuple[float, float]]:
+    """(RSS, PSS) MiB of the server's processes at this moment, per role (summed where several share one)."""
+    out: dict[str, tuple[float, float]] = {}
+    for proc in tree(pid):
+        try:
+            rollup = Path(f"/proc/{proc.pid}/smaps_rollup").read_text()
+            role = role_of(proc)
+        except (OSError, psutil.Error):
+            continue
+        fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup.splitlines()[1:] if line.endswith("kB")}
+        rss, pss = out.get(role, (0.0, 0.0))
+        out[role] = (rss + fields["Rss"] / 1024, pss + fields["Pss"] / 1024)
+    return out
+
+
+@dataclass
+class ConcurrentPeak:
+    """The largest total RSS and total PSS seen in one sample, with each role's share in that sample."""
+
+    rss_mib: float = 0.0
+    pss_mib: float = 0.0
+    rss_by_role: dict[str, float] = field(default_factory=dict)
+    pss_by_role: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+
+    def add(self, sample: dict[str, tuple[float, float]]) -> None:
+        self.samples += 1
+        rss, pss = sum(r for r, _ in sample.values()), sum(p for _, p in sample.values())
+        if rss > self.rss_mib:
+            self.rss_mib, self.rss_by_role = rss, {role: round(r, 1) for role, (r, _) in sorted(sample.items())}
+        if pss > self.pss_mib:
+            self.pss_mib, self.pss_by_role = pss, {role: round(p, 1) for role, (_, p) in sorted(sample.items())}
+
+    def to_dict(self) -> dict:
+        return {
+            "rss_mib": round(self.rss_mib, 1),
+            "rss_by_role": self.rss_by_role,
+            "pss_mib": round(self.pss_mib, 1),
+            "pss_by_role": self.pss_by_role,
+            "samples": self.samples,
+        }
+
+
+@contextmanager
+def sampling(read: Callable[[], dict[str, tuple[float, float]]], interval_s: float) -> Iterator[ConcurrentPeak]:
+    """Calls ``read`` every ``interval_s`` in a thread while the block runs (and once more at its end), keeping
+    the peak of the totals."""
+    peak, stop = ConcurrentPeak(), threading.Event()
+
+    def loop() -> None:
+        while True:
+            peak.add(read())
+            if stop.wait(interval_s):
+                return
+
+    thread = threading.Thread(target=loop, name="memory-sampler", daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+
+
 async def burst(url: str, body: bytes, content_type: str, clients: int) -> Counter[int]:
     """``clients`` requests at once; how many got each status."""
     async with httpx.AsyncClient(timeout=300) as client:
@@ -93,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=64, help="requests sent at once in each burst")
     p.add_argument("--rounds", type=int, default=3, help="bursts of each kind")
     p.add_argument("--body-mib", type=float, default=16.0, help="size of the noise JPEGs (the body limit is 20 MiB)")
+    p.add_argument("--sample-ms", type=float, default=50.0, help="interval of the concurrent memory samples")
     p.add_argument("--out", type=Path, default=Path("loadtests/results"), help="folder for peak_memory.json")
     return p
 
@@ -109,16 +182,19 @@ def main(argv: list[str] | None = None) -> int:
         with Image.open(io.BytesIO(body)) as image:
             result["inputs"][name] = {"bytes": len(body), "pixels": image.width * image.height}
     with serve_process({"CLASSIFIER_MODEL_TAG": args.model_tag}) as server:
-        result["at_start"] = peaks(server.process.pid)
+        pid = server.process.pid
+        result["at_start"] = peaks(pid)
         result["engine"] = httpx.get(f"{server.url}/v1/model", timeout=30).json()["engine"]  # auto's choice, or named
-        for _ in range(args.rounds):
-            for name, (body, content_type) in inputs.items():
-                statuses = asyncio.run(burst(server.url, body, content_type, args.clients))
-                row = {"input": name, "statuses": dict(statuses), "peak_mib": peaks(server.process.pid)}
-                result["bursts"].append(row)
-                logger.info("%s: %s, peaks %s", name, dict(statuses), row["peak_mib"])
+        with sampling(lambda: memory_now(pid), args.sample_ms / 1000) as concurrent:
+            for _ in range(args.rounds):
+                for name, (body, content_type) in inputs.items():
+                    statuses = asyncio.run(burst(server.url, body, content_type, args.clients))
+                    row = {"input": name, "statuses": dict(statuses), "peak_mib": peaks(pid)}
+                    result["bursts"].append(row)
+                    logger.info("%s: %s, peaks %s", name, dict(statuses), row["peak_mib"])
     final = result["bursts"][-1]["peak_mib"]
     result["peak_total_mib"] = round(sum(final.values()), 1)
+    result["concurrent_peak"] = concurrent.to_dict()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "peak_memory.json").write_text(json.dumps(result, indent=2) + "\n")
     print(host_line(result["host"]))
@@ -126,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"engine: {result['engine']}")
     print(f"peak RSS per process (MiB) at start {result['at_start']}, after all bursts {final}")
     print(f"sum of the peaks: {result['peak_total_mib']} MiB")
+    print(
+        f"largest total at one moment ({concurrent.samples} samples): RSS {concurrent.rss_mib:.1f} MiB "
+        f"{concurrent.rss_by_role}, PSS {concurrent.pss_mib:.1f} MiB {concurrent.pss_by_role}"
+    )
     return 0
 
 
