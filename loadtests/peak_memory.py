@@ -66,32 +66,31 @@ def noisy_jpeg(target_bytes: int) -> bytes:
         side = int(side * (target_bytes / out.tell()) ** 0.5 * 0.95) + 16
 
 
+def _kib_fields(pid: int, name: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """(role, {field: kB}) from /proc/<pid>/``name`` of the process ``pid`` and each of its descendants."""
+    for proc in tree(pid):
+        try:
+            text = Path(f"/proc/{proc.pid}/{name}").read_text()
+            role = role_of(proc)
+        except (OSError, psutil.Error):  # exited between listing and reading
+            continue
+        yield role, {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines() if line.endswith(" kB")}
+
+
 def peaks(pid: int) -> dict[str, float]:
     """Peak resident MiB (VmHWM) of the server's processes, per role (summed where several share one)."""
     out: Counter[str] = Counter()
-    for proc in tree(pid):
-        try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            role = role_of(proc)
-        except (OSError, psutil.Error):
-            continue
-        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-        out[role] += kib / 1024
+    for role, kib in _kib_fields(pid, "status"):
+        out[role] += kib["VmHWM"] / 1024
     return {role: round(mib, 1) for role, mib in sorted(out.items())}
 
 
 def memory_now(pid: int) -> dict[str, tuple[float, float]]:
     """(RSS, PSS) MiB of the server's processes at this moment, per role (summed where several share one)."""
     out: dict[str, tuple[float, float]] = {}
-    for proc in tree(pid):
-        try:
-            rollup = Path(f"/proc/{proc.pid}/smaps_rollup").read_text()
-            role = role_of(proc)
-        except (OSError, psutil.Error):
-            continue
-        fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup.splitlines()[1:] if line.endswith("kB")}
+    for role, kib in _kib_fields(pid, "smaps_rollup"):
         rss, pss = out.get(role, (0.0, 0.0))
-        out[role] = (rss + fields["Rss"] / 1024, pss + fields["Pss"] / 1024)
+        out[role] = (rss + kib["Rss"] / 1024, pss + kib["Pss"] / 1024)
     return out
 
 

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from loadtests.peak_memory import ConcurrentPeak, largest_png, memory_now, noisy_jpeg, sampling
+from loadtests.peak_memory import ConcurrentPeak, largest_png, memory_now, noisy_jpeg, peaks, sampling
 
 
 def test_the_concurrent_peak_is_the_largest_total_of_one_sample_not_the_sum_of_each_role_s_peak():
@@ -45,11 +45,12 @@ def test_sampling_reads_until_the_block_ends_and_keeps_a_spike_between_bursts():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux's /proc/<pid>/smaps_rollup")
-def test_memory_now_reads_this_process_rss_and_pss():
+def test_memory_now_and_peaks_read_this_process():
     (rss, pss), *others = memory_now(os.getpid()).values()  # this process only: a "manager", having no service
     assert not others
     actual = psutil.Process().memory_info().rss / 2**20
     assert rss == pytest.approx(actual, rel=0.1) and 0 < pss <= rss
+    assert list(peaks(os.getpid())) == ["manager"] and peaks(os.getpid())["manager"] >= round(rss, 1) - 1
 
 
 def test_the_largest_png_is_just_under_the_pixel_limit():
