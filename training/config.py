@@ -57,7 +57,9 @@ class TrainConfig:
     """Everything a training run depends on, each field with its flag; recorded in the saved model's metadata."""
 
     data: Path | None = option(
-        None, "folder of class sub-folders (or train/ + validation/); default: download cats vs dogs", type=Path
+        None,
+        "folder of class sub-folders (or train/ with validation/ and/or test/); default: download cats vs dogs",
+        type=Path,
     )
     extra_data: Path | None = option(
         None,
@@ -66,7 +68,10 @@ class TrainConfig:
         type=Path,
     )
     cache_dir: Path | None = option(
-        None, f"dataset and feature cache (default: ${CACHE_ENV} or ~/.cache/transfer-serve)", type=Path
+        None,
+        f"dataset and feature cache (default: ${CACHE_ENV}, else $XDG_CACHE_HOME/transfer-serve, else "
+        "~/.cache/transfer-serve)",
+        type=Path,
     )
     feature_cache: bool = option(True, "reuse cached backbone features between runs")
     dataset_url: str = option(CATS_DOGS_URL, "where to download the default dataset (a mirror)")
@@ -96,8 +101,12 @@ class TrainConfig:
     flip: bool = option(True, "random horizontal flip")
     rotation: float = option(0.2, "random rotation, fraction of a full turn", type=_number(float, low=0, high=0.5))
     aug_views: int = option(2, "augmented views per training image in the feature cache", type=COUNT)
-    val_ratio: float = option(0.2, "validation share for a single-folder dataset", type=FRACTION)
-    test_ratio: float = option(0.2, "share of the validation split held out as test", type=FRACTION)
+    val_ratio: float = option(
+        0.2, "validation share of the training images when there is no validation/ folder", type=FRACTION
+    )
+    test_ratio: float = option(
+        0.2, "share of the validation split held out as test when there is no test/ folder", type=FRACTION
+    )
     seed: int = option(0, "seed for splits, augmentation and initialisation", type=int)
     workers: int = option(min(4, os.cpu_count() or 1), "data-loading worker processes", type=NON_NEGATIVE)
     device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N")

@@ -1,9 +1,10 @@
 """Find the images of a dataset folder, drop the unusable ones, and split them.
 
 Layouts accepted:
-- ``ROOT/train/<class>/...`` with ``ROOT/validation/<class>/...`` (or ``val/`` / ``valid/``);
-- ``ROOT/<class>/...``: one folder, split into train and validation by a seeded ratio.
-The test split is always a seeded share of the validation split, taken per class. Extra images (a folder of
+- ``ROOT/train/<class>/...`` with ``ROOT/validation/<class>/...`` (or ``val/`` / ``valid/``), ``ROOT/test/<class>/...``,
+  or both: a split not given is a seeded share, per class, of the validation split (test) or of train (validation);
+- ``ROOT/<class>/...``: one folder, split into train, validation and test by seeded ratios.
+Extra images (a folder of
 class sub-folders, e.g. the service's feedback folder) join the training split only, so the validation and
 test figures stay comparable with a run without them; an extra image identical to one of the dataset's is
 dropped (in validation or test it would leak).
@@ -28,6 +29,7 @@ from training.errors import TrainingError
 logger = logging.getLogger(__name__)
 
 VALIDATION_DIRS = ("validation", "val", "valid")
+TEST_DIR = "test"
 TRAINING_MAX_PIXELS = 100_000_000
 _SCAN_DRAFT = 64  # a reduced-scale JPEG decode still reads the whole stream, so truncation shows
 _IGNORED_DIRS = {"__MACOSX"}
@@ -89,7 +91,10 @@ def load_splits(
     if not root.exists():
         raise TrainingError(f"data folder {root} does not exist; pass --data DIR with a folder of class sub-folders")
     if not root.is_dir():
-        raise TrainingError(f"--data {root} is a file, not a folder of class sub-folders")
+        raise TrainingError(
+            f"--data {root} is a file, not a folder of class sub-folders; if it is an archive, extract it and pass "
+            "the folder"
+        )
     layout, groups = _discover(root)
     class_names = tuple(sorted(groups["train"]))
     extra_root = Path(extra).expanduser() if extra is not None else None
@@ -110,7 +115,10 @@ def load_splits(
         val = files["val"]
     else:
         train, val = _split(train, val_ratio, seed, "validation")
-    val, test = _split(val, test_ratio, seed, "test")
+    if "test" in files:
+        test = files["test"]
+    else:
+        val, test = _split(val, test_ratio, seed, "test")
     added = None
     if extra_root is not None and extra_classes is not None:
         added = _extra(extra_root, extra_classes, class_names, files, workers)
@@ -196,15 +204,22 @@ def find_images(root: Path, workers: int | None = None) -> tuple[list[Path], lis
 
 
 def _discover(root: Path) -> tuple[str, dict[str, dict[str, Path]]]:
+    """The layout's name and each split folder's classes ({"train": {class: folder}, "val": ..., "test": ...})."""
     val_dir = next((root / d for d in VALIDATION_DIRS if (root / d).is_dir()), None)
-    if (root / "train").is_dir() and val_dir is not None:
-        groups = {"train": _class_dirs(root / "train"), "val": _class_dirs(val_dir)}
-        if set(groups["train"]) != set(groups["val"]):
-            raise TrainingError(
-                f"train/ and {val_dir.name}/ in {root} hold different classes: "
-                f"{sorted(groups['train'])} vs {sorted(groups['val'])}; make their sub-folders match"
-            )
-        layout = f"train/ + {val_dir.name}/"
+    test_dir = root / TEST_DIR if (root / TEST_DIR).is_dir() else None
+    if (root / "train").is_dir() and (val_dir is not None or test_dir is not None):
+        groups = {"train": _class_dirs(root / "train")}
+        named = {"val": val_dir, "test": test_dir}
+        for split, folder in named.items():
+            if folder is None:
+                continue
+            groups[split] = _class_dirs(folder)
+            if set(groups[split]) != set(groups["train"]):
+                raise TrainingError(
+                    f"train/ and {folder.name}/ in {root} hold different classes: "
+                    f"{sorted(groups['train'])} vs {sorted(groups[split])}; make their sub-folders match"
+                )
+        layout = " + ".join(["train/", *(f"{folder.name}/" for folder in named.values() if folder is not None)])
     else:
         groups = {"train": _class_dirs(root)}
         layout = "single folder"
@@ -284,7 +299,9 @@ def _fingerprint(files: dict[str, list[tuple[Path, int, str]]], root: Path) -> s
     digest = hashlib.sha256()
     for split in sorted(files):
         for path, label, sha in sorted(files[split]):
-            digest.update(f"{split}\0{path.relative_to(root).as_posix()}\0{label}\0{sha}\n".encode())
+            # surrogateescape: a name that is not UTF-8 (an archive from an older system) hashes as its bytes
+            name = path.relative_to(root).as_posix().encode(errors="surrogateescape")
+            digest.update(f"{split}\0".encode() + name + f"\0{label}\0{sha}\n".encode())
     return digest.hexdigest()
 
 
@@ -307,7 +324,14 @@ def _samples(items: list[tuple[Path, int, str]]) -> list[Sample]:
 
 
 def _check_nonempty(splits: Splits) -> None:
-    for split, per_class in splits.counts().items():
+    counts = splits.counts()
+    none_at_all = [name for name in splits.class_names if not any(per_class[name] for per_class in counts.values())]
+    if none_at_all:
+        raise TrainingError(
+            f"the class folder(s) {', '.join(none_at_all)} in {splits.root} hold no usable image: "
+            "add images or remove the folder(s)"
+        )
+    for split, per_class in counts.items():
         empty = [name for name, n in per_class.items() if n == 0]
         if empty:
             raise TrainingError(

@@ -86,7 +86,11 @@ def _load_local(path: Path) -> dict[str, torch.Tensor]:
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise TrainingError(f"could not read weights file {path} as a state dict ({exc})") from exc
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrainingError(
+            f"could not read weights file {path} as a state dict ({why}); pass a file saved with "
+            "torch.save(model.state_dict(), ...) or safetensors"
+        ) from exc
     if not isinstance(state, dict):
         raise TrainingError(f"weights file {path} holds a {type(state).__name__}, expected a state dict")
     return state
@@ -98,6 +102,12 @@ def freeze_backbone(model: ClassifierNet) -> None:
         param.requires_grad_(False)
 
 
+def check_unfreeze(backbone: nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Raises TrainingError when a name in ``prefixes`` names no block of ``backbone``: before any work."""
+    for prefix in prefixes:
+        _block_params(backbone, prefix)
+
+
 def unfreeze(model: ClassifierNet, prefixes: tuple[str, ...]) -> list[nn.Parameter]:
     """Phase 2: enable gradients for backbone modules named by ``prefixes`` (e.g. "layer4").
 
@@ -105,16 +115,19 @@ def unfreeze(model: ClassifierNet, prefixes: tuple[str, ...]) -> list[nn.Paramet
     """
     params = []
     for prefix in prefixes:
-        matched = [
-            p for name, p in model.backbone.named_parameters() if name == prefix or name.startswith(prefix + ".")
-        ]
-        if not matched:
-            blocks = sorted({name.split(".")[0] for name, _ in model.backbone.named_parameters()})
-            raise TrainingError(f"--unfreeze {prefix!r} names no backbone block; blocks are: {', '.join(blocks)}")
+        matched = _block_params(model.backbone, prefix)
         for param in matched:
             param.requires_grad_(True)
         params += matched
     return params
+
+
+def _block_params(backbone: nn.Module, prefix: str) -> list[nn.Parameter]:
+    matched = [p for name, p in backbone.named_parameters() if name == prefix or name.startswith(prefix + ".")]
+    if not matched:
+        blocks = sorted({name.split(".")[0] for name, _ in backbone.named_parameters()})
+        raise TrainingError(f"--unfreeze {prefix!r} names no backbone block; blocks are: {', '.join(blocks)}")
+    return matched
 
 
 def set_train_mode(model: ClassifierNet) -> None:

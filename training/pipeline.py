@@ -31,7 +31,7 @@ from training.download import fetch_cats_and_dogs, sha256_file
 from training.engine_export import HALF_SCALE_IMAGES, build_and_compare, half_precision_scales, load_images
 from training.errors import TrainingError
 from training.loop import Evaluation, evaluate_head, evaluate_model, fine_tune, train_head
-from training.model import attach_head, freeze_backbone, load_backbone, unfreeze
+from training.model import attach_head, check_unfreeze, freeze_backbone, load_backbone, unfreeze
 from training.scores import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,10 @@ def run(cfg: TrainConfig) -> RunResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     backbone_net, weights_id = load_backbone(cfg.backbone, cfg.weights)  # before the data: fail fast offline
+    if cfg.unfreeze and cfg.fine_tune_epochs == 0:
+        logger.warning("--unfreeze %s is ignored: blocks are fine-tuned only with --fine-tune-epochs > 0", cfg.unfreeze)
+    elif cfg.unfreeze:
+        check_unfreeze(backbone_net, cfg.unfreeze)
     outside = find_images(cfg.ood_data, cfg.workers)[0] if cfg.ood_data else None  # a bad folder fails here too
     root = (
         cfg.data

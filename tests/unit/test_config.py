@@ -64,3 +64,14 @@ def test_bad_values_fail_before_any_work(argv, message, capsys):
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TRANSFER_SERVE_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path
+
+
+def test_a_wrong_unfreeze_block_fails_before_the_data_is_read(tmp_path):
+    from training.errors import TrainingError
+    from training.pipeline import run
+
+    argv = ["--data", str(tmp_path / "absent"), "--weights", "none", "--backbone", "resnet18", "--output", str(tmp_path)]
+    with pytest.raises(TrainingError, match="'layer9' names no backbone block"):
+        run(parse_args([*argv, "--fine-tune-epochs", "1", "--unfreeze", "layer9"]))
+    with pytest.raises(TrainingError, match="does not exist"):  # ignored without fine-tuning: on to the data
+        run(parse_args([*argv, "--unfreeze", "layer9"]))

@@ -1,4 +1,5 @@
 import logging
+import os
 import re
 import shutil
 
@@ -37,6 +38,53 @@ def test_val_folder_name_variants(tmp_path):
     make_dataset(tmp_path, per_class=3, val_per_class=5)
     (tmp_path / "validation").rename(tmp_path / "val")
     assert _load(tmp_path).layout == "train/ + val/"
+
+
+def test_a_test_folder_is_the_test_split_and_validation_comes_from_train(tmp_path):
+    make_dataset(tmp_path, per_class=8, val_per_class=3)
+    (tmp_path / "validation").rename(tmp_path / "test")  # the Kaggle-style train/ + test/
+    s = _load(tmp_path)
+    assert s.layout == "train/ + test/" and s.class_names == ("cats", "dogs")
+    assert s.counts() == {
+        "train": {"cats": 6, "dogs": 6},
+        "val": {"cats": 2, "dogs": 2},
+        "test": {"cats": 3, "dogs": 3},
+    }
+    assert {x.path.parent.parent.name for x in s.test} == {"test"}
+    assert {x.path.parent.parent.name for x in s.val} == {"train"}
+
+
+def test_train_val_and_test_folders_are_taken_as_given(tmp_path):
+    make_dataset(tmp_path, per_class=4, val_per_class=5)
+    make_dataset(tmp_path / "tmp", per_class=4, val_per_class=3, seed=1)
+    (tmp_path / "tmp" / "validation").rename(tmp_path / "test")
+    s = _load(tmp_path)
+    assert s.layout == "train/ + validation/ + test/"
+    assert s.counts() == {
+        "train": {"cats": 4, "dogs": 4},
+        "val": {"cats": 5, "dogs": 5},
+        "test": {"cats": 3, "dogs": 3},
+    }
+
+
+def test_a_test_folder_with_other_classes_is_refused(tmp_path):
+    make_dataset(tmp_path, per_class=3, val_per_class=3)
+    (tmp_path / "validation").rename(tmp_path / "test")
+    (tmp_path / "test" / "dogs").rename(tmp_path / "test" / "wolves")
+    with pytest.raises(TrainingError, match="train/ and test/ .* different classes"):
+        _load(tmp_path)
+
+
+def test_a_file_name_that_is_not_utf8_is_read_like_any_other(tmp_path):
+    make_dataset(tmp_path, per_class=6)
+    name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes, as in archives made on older systems
+    try:
+        shutil.copy(tmp_path / "cats" / "cats.0.jpg", tmp_path / "cats" / name)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    s = _load(tmp_path)
+    assert sum(s.counts()["train"].values()) + sum(s.counts()["val"].values()) + sum(s.counts()["test"].values()) == 13
+    assert _load(tmp_path).fingerprint == s.fingerprint
 
 
 def test_single_folder_is_split_by_seeded_ratio(tmp_path):
@@ -104,11 +152,20 @@ def test_mismatched_split_classes(tmp_path):
         _load(tmp_path)
 
 
-def test_class_without_usable_images(tmp_path):
+def test_a_class_folder_without_usable_images_is_named(tmp_path):
     make_dataset(tmp_path, per_class=8)
     (tmp_path / "birds").mkdir()
     (tmp_path / "birds" / "x.txt").write_text("no")
-    with pytest.raises(TrainingError, match="no usable images of class\\(es\\) birds"):
+    with pytest.raises(TrainingError, match="class folder\\(s\\) birds .* add images or remove the folder"):
+        _load(tmp_path)
+
+
+def test_a_class_too_small_to_split_names_the_split_and_the_ratios(tmp_path):
+    make_dataset(tmp_path, per_class=8)
+    make_dataset(tmp_path, classes=("birds",), per_class=1)
+    with pytest.raises(
+        TrainingError, match="val split has no usable images of class\\(es\\) birds.*--val-ratio"
+    ):
         _load(tmp_path)
 
 

@@ -9,7 +9,7 @@ from classifier.backbones import BACKBONES
 from classifier.network import build_classifier
 from training import model as model_mod
 from training.errors import TrainingError
-from training.model import attach_head, freeze_backbone, load_backbone, set_train_mode, unfreeze
+from training.model import attach_head, check_unfreeze, freeze_backbone, load_backbone, set_train_mode, unfreeze
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -81,6 +81,21 @@ def test_freeze_then_unfreeze_top_block_only():
     assert trainable and all(n.startswith("layer4.") for n in trainable) and len(params) == len(trainable)
     with pytest.raises(TrainingError, match="names no backbone block"):
         unfreeze(model, ("layer9",))
+
+
+def test_unfreeze_names_are_checked_on_the_bare_backbone():
+    backbone = load_backbone("resnet18", "none")[0]
+    check_unfreeze(backbone, ("layer3", "layer4"))
+    with pytest.raises(TrainingError, match="'layer9' names no backbone block; blocks are: .*layer4"):
+        check_unfreeze(backbone, ("layer4", "layer9"))
+
+
+def test_an_unreadable_weights_file_says_what_to_pass(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"\0" * 64)
+    with pytest.raises(TrainingError, match=r"could not read weights file .*\(\w.*\); pass a file saved with") as info:
+        load_backbone("resnet18", str(path))
+    assert "()" not in str(info.value).split(";")[0]
 
 
 def test_train_mode_keeps_batchnorm_frozen():
