@@ -70,7 +70,8 @@ def test_a_wrong_unfreeze_block_fails_before_the_data_is_read(tmp_path):
     from training.errors import TrainingError
     from training.pipeline import run
 
-    argv = ["--data", str(tmp_path / "absent"), "--weights", "none", "--backbone", "resnet18", "--output", str(tmp_path)]
+    argv = ["--data", str(tmp_path / "absent"), "--weights", "none", "--backbone", "resnet18"]
+    argv += ["--output", str(tmp_path)]
     with pytest.raises(TrainingError, match="'layer9' names no backbone block"):
         run(parse_args([*argv, "--fine-tune-epochs", "1", "--unfreeze", "layer9"]))
     with pytest.raises(TrainingError, match="does not exist"):  # ignored without fine-tuning: on to the data
