@@ -163,9 +163,7 @@ def test_a_class_folder_without_usable_images_is_named(tmp_path):
 def test_a_class_too_small_to_split_names_the_split_and_the_ratios(tmp_path):
     make_dataset(tmp_path, per_class=8)
     make_dataset(tmp_path, classes=("birds",), per_class=1)
-    with pytest.raises(
-        TrainingError, match="val split has no usable images of class\\(es\\) birds.*--val-ratio"
-    ):
+    with pytest.raises(TrainingError, match="val split has no usable images of class\\(es\\) birds.*--val-ratio"):
         _load(tmp_path)
 
 
