@@ -100,7 +100,11 @@ class Predictor:
             raise _shed(Overloaded("queue_full", "the server is at capacity; retry shortly"))
         declared = headers.get("content-length", "")
         limit = self.settings.max_body_bytes
-        size = min(int(declared), limit) if declared.isdigit() and "transfer-encoding" not in headers else limit
+        size = (
+            min(int(declared), limit)
+            if declared.isascii() and declared.isdigit() and "transfer-encoding" not in headers
+            else limit
+        )
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(self.bodies.hold(size))

@@ -30,12 +30,12 @@ from classifier.engines import ENGINES, EngineError, agreement_caveat, make_engi
 from classifier.jpeg_batch import JpegResult, classify_jpegs
 from service import transport
 from service.bentoml_compat import (
+    adapt_middlewares,
     check_version,
     described_service,
     endpoints_on_the_loop,
     runner_ready,
     service_workers_alive,
-    trace_only_where_exported,
 )
 from service.call_cpu import CallCpu
 from service.explainer import Explained, Explainer, ExplainGate, explain_answer, target_index
@@ -89,7 +89,7 @@ def _settings_or_exit() -> ServiceSettings:
 # BentoML fixes batching parameters and worker counts in the decorators, so they are read when the
 # server loads this module at start-up; everything else is read in the services' __init__.
 _BATCHING = _settings_or_exit()
-trace_only_where_exported()  # before BentoML builds the apps (it checks BentoML's tracing settings then)
+adapt_middlewares()  # before BentoML builds the apps (it checks BentoML's tracing settings then)
 
 
 @bentoml.service(name="model_runner", workers=_BATCHING.model_workers, traffic={"timeout": 120})

@@ -11,11 +11,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from classifier import __version__
 from service.http.auth import CHALLENGE
 from service.http.errors import ApiError, first_problem
-from service.http.request_id import RequestIds
+from service.http.request_id import HEADER, RequestIds
 from service.http.schemas import ErrorDetail, ErrorResponse, FeedbackRequest
 from service.metrics import metrics
 
@@ -106,19 +107,33 @@ def handle_errors(app: FastAPI, body: Callable[[ApiError], dict[str, Any]]) -> N
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         reason = {405: "method_not_allowed", 404: "not_found"}.get(exc.status_code, "bad_request")
-        return respond(ApiError(exc.status_code, reason, str(exc.detail)))
+        response = respond(ApiError(exc.status_code, reason, str(exc.detail)))
+        response.headers.update(exc.headers or {})  # a 405's Allow
+        return response
+
+    async def client_gone(request: Request, _: Exception) -> JSONResponse:
+        # The client's own doing (an aborted upload), so not a bug; nginx's 499 keeps it out of the 5xx figures.
+        logger.info(
+            "request %s: the client closed the connection before sending its whole body", request.state.request_id
+        )
+        return respond(ApiError(499, "client_closed", "the client closed the connection before sending its body"))
 
     async def invalid_parameter(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         return respond(ApiError(400, "bad_parameter", first_problem(exc.errors())))
 
     async def bug(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error (a bug) in request %s: %s", getattr(request.state, "request_id", None), exc)
-        return respond(ApiError(500, "internal_error", "unexpected server error; it has been logged"))
+        request_id = getattr(request.state, "request_id", None)
+        logger.exception("unexpected error (a bug) in request %s: %s", request_id, exc)
+        response = respond(ApiError(500, "internal_error", "unexpected server error; it has been logged"))
+        if request_id is not None:  # answered outside RequestIds, which adds it to every other answer
+            response.headers[HEADER] = request_id
+        return response
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_parameter)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, bug)
 
 

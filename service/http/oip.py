@@ -127,7 +127,7 @@ def parse_request(body: bytes, header_length: str | None, contract: ModelContrac
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.isdigit():
+    if not (header_length.isascii() and header_length.isdigit()):
         raise _bad(f"Inference-Header-Content-Length {header_length[:20]!r} is not a number")
     length = int(header_length)
     if not 0 < length <= len(body):

@@ -39,7 +39,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     """The whole body, refusing (413) as soon as it exceeds ``max_bytes``, declared or streamed."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
         if int(declared) > max_bytes:
             raise ApiError(

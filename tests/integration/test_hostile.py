@@ -4,12 +4,14 @@ server keeps answering normal requests right after. (Issue 5; test_service.py co
 from __future__ import annotations
 
 import random
+import socket
 import struct
 import time
 import zlib
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_service import HOPPER, post_one
 
@@ -99,3 +101,39 @@ def test_odd_file_names_are_just_names(server, filename):
     response = httpx.post(f"{server}/v1/predict", files={"image": (filename, HOPPER, "image/jpeg")}, timeout=60)
     assert response.status_code == 200, response.text[:500]
     assert response.json()["filename"] == filename
+
+
+def _request_totals(url: str) -> dict[tuple[str, str], float]:
+    """bentoml_service_request_total of the front, by (endpoint, status); parsing fails on a malformed text."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {
+        (s.labels["endpoint"], s.labels["http_response_code"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "bentoml_service_request_total" and s.labels.get("service_name") == "image_classifier"
+    }
+
+
+def test_paths_no_route_serves_share_one_metrics_label(server):
+    scanned = ["/wp-login.php", f"/x{random.Random().randrange(10**9)}", "/q%0Dx", "/" + "a" * 5000]
+    for path in [*scanned, "/v2/models/not-this-model"]:
+        assert httpx.get(f"{server}{path}", timeout=30).status_code == 404
+    totals = _request_totals(server)  # parses: a raw carriage return in a label would have broken it
+    assert totals[("other", "404")] >= len(scanned) and totals[("/v2/models/{name}", "404")] >= 1
+    assert not [endpoint for endpoint, _ in totals if "wp-login" in endpoint or "aaaa" in endpoint or "\r" in endpoint]
+
+
+def test_a_client_that_hangs_up_mid_upload_is_a_499_not_a_500(server):
+    before = _request_totals(server)
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+        )
+        sock.sendall(b"\xff\xd8" + b"x" * 1000)  # then the client goes away
+    deadline = time.monotonic() + TIME_BOUND_S
+    while _request_totals(server).get(("/v1/predict", "499"), 0) == before.get(("/v1/predict", "499"), 0):
+        assert time.monotonic() < deadline, "the aborted upload was never answered"
+        time.sleep(0.2)
+    assert _request_totals(server).get(("/v1/predict", "500"), 0) == before.get(("/v1/predict", "500"), 0)
+    assert post_one(server, HOPPER).status_code == 200

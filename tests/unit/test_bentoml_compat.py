@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import bentoml
 import pytest
@@ -80,11 +81,34 @@ def test_requests_are_traced_only_where_an_exporter_is_configured():
 
         return [m.cls.__name__ for m in Probe.to_asgi(is_main=True).user_middleware]
 
-    bentoml_compat.trace_only_where_exported()  # (importing service.service has already done it)
-    bentoml_compat.trace_only_where_exported()  # idempotent
-    assert "OpenTelemetryMiddleware" not in middlewares() and "RunnerTrafficMetricsMiddleware" in middlewares()
+    bentoml_compat.adapt_middlewares()  # (importing service.service has already done it)
+    bentoml_compat.adapt_middlewares()  # idempotent
+    assert "OpenTelemetryMiddleware" not in middlewares() and "MetricsByRoute" in middlewares()
+    assert "RunnerTrafficMetricsMiddleware" not in middlewares()
     # BentoML's own exporter for tests: with an exporter, spans can go somewhere, and BentoML's middleware is back
     assert "OpenTelemetryMiddleware" in middlewares(tracing={"exporter_type": "in_memory"})
+
+
+def test_request_metrics_are_labelled_by_route_template():
+    from fastapi import APIRouter, FastAPI
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    v1, v2, included = FastAPI(), FastAPI(), APIRouter()
+    v1.post("/predict")(lambda: None)
+    included.post("/explain")(lambda: None)
+    v1.include_router(included)  # as BentoML does with a class view's endpoints
+    v2.post("/v2/models/{model_name}/infer")(lambda: None)
+    files = Mount("/static_content", StaticFiles(directory=Path(__file__).parent))
+    routes = [Route("/livez", lambda r: None), Mount("/v1", v1), files, Mount("/", v2)]
+    templates = bentoml_compat.route_templates(routes)
+    label = lambda path: bentoml_compat.route_label(templates, path)  # noqa: E731
+    assert label("/livez") == "/livez" and label("/v1/predict") == "/v1/predict"
+    assert label("/v2/models/transfer-classifier/infer") == "/v2/models/{model_name}/infer"
+    assert label("/v1/openapi.json") == "/v1/openapi.json" and label("/v1/explain") == "/v1/explain"
+    assert label("/static_content/app.js") == "/static_content"
+    for scanned in ("/wp-login.php", "/v1/predict/../x", "/v1", "/q\rx", "/v2/models/a/b/c/infer"):
+        assert label(scanned) == bentoml_compat.UNMATCHED_ROUTE, scanned
 
 
 def test_another_bentoml_keeps_its_tracing_and_says_so(monkeypatch, caplog):
@@ -93,6 +117,6 @@ def test_another_bentoml_keeps_its_tracing_and_says_so(monkeypatch, caplog):
 
     monkeypatch.setattr(bentoml_compat, "_app_factory", lambda: Another)
     with caplog.at_level(logging.WARNING, logger=bentoml_compat.__name__):
-        bentoml_compat.trace_only_where_exported()
+        bentoml_compat.adapt_middlewares()
     assert Another.middlewares == ["as another version might have it"]
-    assert "requests stay traced" in caplog.text
+    assert "requests stay traced" in caplog.text and "labelled by path" in caplog.text
