@@ -222,6 +222,8 @@ class ImageClassifier:
         on_sigterm(self.settings.graceful_timeout_s)
         start_trimming(self.settings.malloc_trim_s)
         endpoints_on_the_loop(api, v2)
+        for app in (api, v2):
+            app.state.body_timeout_s = self.settings.body_timeout_s  # read_body's
         # The runner's client exists only once the server's event loop runs: look it up on each call.
         self.predictor = Predictor(
             self.model,

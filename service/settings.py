@@ -84,6 +84,13 @@ class ServiceSettings(BaseSettings):
         "answer (its Content-Length, or max_body_bytes without one); a request that does not fit is shed at "
         "once with 503",
     )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=110,
+        description="seconds a request body may stall, no bytes arriving, before it is answered 408 and the "
+        "body budget it held is freed (raise it for clients on slow links)",
+    )
     max_queue_wait_ms: int = Field(
         2_000,
         ge=1,

@@ -7,6 +7,7 @@ make the server fetch a URL or read an unbounded body.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -22,6 +23,7 @@ SINGLE_FIELD = "image"
 MANY_FIELD = "images"
 LABEL_FIELD = "label"
 M = TypeVar("M", bound=BaseModel)
+DEFAULT_BODY_TIMEOUT_S = 10.0  # an app's own in ``app.state.body_timeout_s`` (CLASSIFIER_BODY_TIMEOUT_S)
 RAW_TYPES = ("image/", "application/octet-stream")
 
 
@@ -36,7 +38,8 @@ def media_type(request: Request) -> str:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The whole body, refusing (413) as soon as it exceeds ``max_bytes``, declared or streamed."""
+    """The whole body, refusing (413) as soon as it exceeds ``max_bytes``, declared or streamed, and (408) when no
+    bytes arrive for the app's ``state.body_timeout_s``."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -45,12 +48,20 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise ApiError(
                 413, "body_too_large", f"the body is {int(declared):,} bytes, over the limit of {max_bytes:,}"
             )
+    app_state = getattr(request.scope.get("app"), "state", None)  # no app: a bare Request, as in the unit tests
+    stall_s = getattr(app_state, "body_timeout_s", DEFAULT_BODY_TIMEOUT_S)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "body_too_large", f"the body is over the limit of {max_bytes:,} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(stall_s) as stalled:
+            async for chunk in request.stream():
+                stalled.reschedule(asyncio.get_running_loop().time() + stall_s)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ApiError(413, "body_too_large", f"the body is over the limit of {max_bytes:,} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        # A client gone without closing its connection would otherwise hold its body budget for BentoML's 120 s.
+        raise ApiError(408, "body_timeout", f"no bytes of the body arrived for {stall_s:g} s; send it again") from None
     return b"".join(chunks)
 
 

@@ -137,3 +137,24 @@ def test_a_client_that_hangs_up_mid_upload_is_a_499_not_a_500(server):
         time.sleep(0.2)
     assert _request_totals(server).get(("/v1/predict", "500"), 0) == before.get(("/v1/predict", "500"), 0)
     assert post_one(server, HOPPER).status_code == 200
+
+
+def test_a_body_that_stops_arriving_is_a_408_and_frees_its_budget(server):
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIME_BOUND_S) as sock:
+        sock.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+        )
+        sock.sendall(b"\xff\xd8" + b"x" * 1000)  # then nothing more, the connection kept open
+        answer = b""
+        while b"}}" not in answer and (part := sock.recv(65536)):
+            answer += part
+    text = answer.decode("latin-1")
+    assert text.startswith("HTTP/1.1 408") and '"reason":"body_timeout"' in text, text[:300]
+    held = [
+        s.value
+        for family in text_string_to_metric_families(httpx.get(f"{server}/metrics", timeout=30).text)
+        for s in family.samples
+        if s.name == "image_classifier_held_body_bytes"
+    ]
+    assert held == [0.0]

@@ -15,6 +15,7 @@ from service.http.uploads import read_body
 def _app() -> FastAPI:
     app = FastAPI()
     handle_errors(app, error_body)
+    app.state.body_timeout_s = 0.2
 
     @app.get("/boom")
     async def boom() -> None:
@@ -27,8 +28,18 @@ def _app() -> FastAPI:
     return app
 
 
-def _call(method: str, path: str, headers: list[tuple[bytes, bytes]], messages: list[dict]) -> dict[str, Any]:
-    """One request straight through ASGI, the client sending ``messages``; the answer's status, headers and body."""
+def _call(
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    messages: list[dict],
+    *,
+    then_stall: bool = False,
+    pace_s: float = 0.0,
+) -> dict[str, Any]:
+    """One request straight through ASGI, the client sending ``messages``, then hanging up (or with ``then_stall``
+    sending nothing more, its connection open), each message ``pace_s`` after the last; the answer's status,
+    headers and body."""
     scope = {
         "type": "http", "http_version": "1.1", "method": method, "path": path, "raw_path": path.encode(),
         "root_path": "", "scheme": "http", "query_string": b"", "headers": headers, "server": ("t", 80),
@@ -37,6 +48,9 @@ def _call(method: str, path: str, headers: list[tuple[bytes, bytes]], messages: 
     incoming, sent = list(messages), []
 
     async def receive() -> dict:
+        if not incoming and then_stall:
+            await asyncio.Event().wait()
+        await asyncio.sleep(pace_s if incoming else 0)
         return incoming.pop(0) if incoming else {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
@@ -48,7 +62,7 @@ def _call(method: str, path: str, headers: list[tuple[bytes, bytes]], messages: 
         except RuntimeError:
             pass  # Starlette re-raises a 500's exception after answering, for the server to log
 
-    asyncio.run(run())
+    asyncio.run(asyncio.wait_for(run(), 10))
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return {"status": start["status"], "headers": dict(start["headers"]), "body": body}
@@ -77,3 +91,13 @@ def test_a_content_length_of_other_digits_is_a_400():
     headers = [(b"content-type", b"image/jpeg"), (b"content-length", "\u00b2".encode("latin-1"))]
     answer = _call("POST", "/upload", headers, [{"type": "http.request", "body": b"xx"}])
     assert answer["status"] == 400 and b"is not a number" in answer["body"]
+
+
+def test_a_body_that_stalls_is_a_408_once_the_app_s_body_timeout_passes():
+    headers = [(b"content-type", b"image/jpeg"), (b"content-length", b"500")]
+    first = [{"type": "http.request", "body": b"x" * 100, "more_body": True}]
+    answer = _call("POST", "/upload", headers, first, then_stall=True)
+    assert answer["status"] == 408 and b"body_timeout" in answer["body"] and b"0.2 s" in answer["body"]
+    slow_but_moving = [{"type": "http.request", "body": b"x" * 100, "more_body": True}] * 4
+    slow_but_moving.append({"type": "http.request", "body": b"x" * 100})
+    assert _call("POST", "/upload", headers, slow_but_moving, pace_s=0.1)["status"] == 200  # 0.5 s in all
