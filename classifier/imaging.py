@@ -60,7 +60,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as exc:  # Pillow's own hard cap, far above ours
-        raise InputError("too_many_pixels", f"the image declares too many pixels to decode safely ({exc})") from exc
+        raise InputError(
+            "too_many_pixels",
+            f"the image declares far more pixels than the limit of {max_pixels:,} (a decompression bomb)",
+        ) from exc
     except UnidentifiedImageError as exc:
         raise InputError(
             "not_an_image", f"the data is not an image in a supported format ({', '.join(FORMATS)})"

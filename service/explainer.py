@@ -95,16 +95,26 @@ def explain_answer(
 
 
 def _wants_png(accept: str) -> bool:
-    """Whether an Accept header lists image/png with a quality above 0."""
+    """Whether an Accept header prefers image/png (or image/*) to JSON, by quality (RFC 9110); JSON on a tie."""
+    png = json = 0.0
     for part in accept.split(","):
         kind, *params = (p.strip() for p in part.split(";"))
-        if kind.lower() == "image/png":
-            q = next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1")
-            try:
-                return float(q) > 0
-            except ValueError:
-                return False
-    return False
+        kind = kind.lower()
+        q = _quality(next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1"))
+        if kind in ("image/png", "image/*"):
+            png = max(png, q)
+        if kind in ("application/json", "application/*", "*/*"):
+            json = max(json, q)
+    return png > json
+
+
+def _quality(text: str) -> float:
+    """An Accept entry's q: 0 to 1, and 0 for anything else (not a number, inf, nan)."""
+    try:
+        q = float(text)
+    except ValueError:
+        return 0.0
+    return q if 0.0 <= q <= 1.0 else 0.0
 
 
 def target_index(contract: ModelContract, target: str | None) -> int:

@@ -153,7 +153,9 @@ def _json_images(tensor: Tensor, count: int) -> list[bytes]:
 def _binary_images(tensor: Tensor, binary: bytes, count: int) -> list[bytes]:
     """The binary-data extension's BYTES: each element a 4-byte little-endian length, then that many bytes."""
     size = tensor.parameters["binary_data_size"]
-    if not isinstance(size, int) or size != len(binary) or tensor.data is not None:
+    if tensor.data is not None:
+        raise _bad(f"input {INPUT!r} has both data and binary_data_size: send its elements one way")
+    if not isinstance(size, int) or size != len(binary):
         raise _bad(f"input {INPUT!r}: binary_data_size {size!r} does not match the {len(binary)} bytes sent")
     images: list[bytes] = []
     offset = 0
@@ -172,7 +174,9 @@ def _binary_images(tensor: Tensor, binary: bytes, count: int) -> list[bytes]:
 
 
 def _wanted(request: InferenceRequest, contract: ModelContract) -> list[Wanted]:
-    all_binary = bool(request.parameters.get("binary_data_output", False))
+    all_binary = request.parameters.get("binary_data_output", False)
+    if not isinstance(all_binary, bool):
+        raise _bad(f"parameter binary_data_output must be true or false, not {all_binary!r}")
     names = output_names(contract)
     if request.outputs is None:
         return [Wanted(name, all_binary) for name in names]
@@ -186,7 +190,9 @@ def _wanted(request: InferenceRequest, contract: ModelContract) -> list[Wanted]:
         if classes and output.name != PROBABILITIES:
             raise _bad(f"classification applies to output {PROBABILITIES!r}, not {output.name!r}")
         binary = output.parameters.get("binary_data", all_binary)
-        wanted.append(Wanted(output.name, bool(binary), min(classes, contract.num_classes)))
+        if not isinstance(binary, bool):
+            raise _bad(f"output {output.name!r}: binary_data must be true or false, not {binary!r}")
+        wanted.append(Wanted(output.name, binary, min(classes, contract.num_classes)))
     return wanted
 
 

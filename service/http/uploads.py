@@ -91,7 +91,11 @@ async def image_and_label(request: Request, *, max_bytes: int) -> tuple[Upload, 
     """Multipart fields ``image`` (a file) and ``label`` (text)."""
     kind = media_type(request)
     if kind != "multipart/form-data":
-        raise _unsupported(kind, f"multipart/form-data with a file in field '{SINGLE_FIELD}' and a field 'label'")
+        raise _unsupported(
+            kind,
+            f"application/json with request_id and label, or multipart/form-data with a file in field "
+            f"'{SINGLE_FIELD}' and a field '{LABEL_FIELD}'",
+        )
     form = await _parse_form(request, max_bytes=max_bytes, max_files=1)
     try:
         (upload,) = await _files_of(form, SINGLE_FIELD)

@@ -133,7 +133,13 @@ def test_answers_without_an_explanation_become_the_right_error():
     ("accept", "png"),
     [
         ("image/png", True),
-        ("application/json, image/png;q=0.5", True),
+        ("application/json, image/png;q=0.5", False),  # JSON preferred
+        ("image/png, application/json;q=0.9", True),
+        ("image/png;q=0.3", True),  # JSON not acceptable at all
+        ("image/*", True),
+        ("image/png;q=inf", False),
+        ("image/png;q=nan", False),
+        ("*/*;q=0.5, image/png", True),
         ("IMAGE/PNG", True),
         ("image/png;q=0", False),
         ("application/json", False),

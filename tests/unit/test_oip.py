@@ -69,6 +69,10 @@ BROKEN = {
     "more elements than the shape": (*_raw(_declaring(20), ELEMENT * 2), "holds more elements"),
     "header length zero": (_raw(_declaring(10), ELEMENT)[0], "0", "does not fit"),
     "binary but undeclared": (*_raw(_JSON_INPUT, ELEMENT), "no input declares binary_data_size"),
+    "data and binary_data_size": (
+        *_raw({"inputs": [{**_JSON_INPUT["inputs"][0], "parameters": {"binary_data_size": 10}}]}, ELEMENT),
+        "has both data and binary_data_size",
+    ),
 }
 
 
@@ -117,3 +121,13 @@ def test_classification_ranks_classes(contract):
         "shape": [1, 2],
         "data": [f"0.750000:1:{b}", f"0.250000:0:{a}"],
     }
+
+
+@pytest.mark.parametrize(
+    "parameters, outputs",
+    [({"binary_data_output": "false"}, None), ({}, [{"name": "label", "parameters": {"binary_data": 1}}])],
+)
+def test_binary_output_flags_must_be_booleans(contract, parameters, outputs):
+    body, length = _binary_request([b"x"], parameters=parameters, outputs=outputs)
+    with pytest.raises(ApiError, match="must be true or false"):
+        oip.parse_request(body, length, contract, max_images=1)

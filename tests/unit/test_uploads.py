@@ -7,7 +7,7 @@ import pytest
 from starlette.requests import Request
 
 from service.http.errors import ApiError
-from service.http.uploads import many_images, read_body, single_image
+from service.http.uploads import image_and_label, many_images, read_body, single_image
 
 MB = 1024 * 1024
 
@@ -106,3 +106,9 @@ def test_many_images_in_order_and_limits():
     )
     assert (status, why, err.file, err.index) == (400, "empty", "e.jpg", 1)
     assert reason(many_images(request(b"x", {"content-type": "image/png"}), max_bytes=MB, max_images=5))[0] == 415
+
+
+def test_feedback_of_another_type_names_both_forms():
+    status, why, err = reason(image_and_label(request(b"x", {"content-type": "text/plain"}), max_bytes=MB))
+    assert (status, why) == (415, "unsupported_media_type")
+    assert "application/json" in err.message and "multipart/form-data" in err.message
