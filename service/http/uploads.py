@@ -127,7 +127,7 @@ async def _parse_form(request: Request, *, max_bytes: int, max_files: int) -> Fo
     body = await read_body(request, max_bytes)
     replay = Request(request.scope, receive=_replay(body))
     try:
-        return await replay.form(max_files=max_files, max_fields=16)
+        form = await replay.form(max_files=max_files, max_fields=16)
     except (MultiPartException, HTTPException) as exc:  # Starlette wraps parser errors in HTTPException
         detail = str(getattr(exc, "detail", exc))
         if "Too many files" in detail:
@@ -135,6 +135,12 @@ async def _parse_form(request: Request, *, max_bytes: int, max_files: int) -> Fo
         raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({detail})") from exc
     except (ValueError, KeyError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({exc})") from exc
+    if not form and body.strip():  # the parser gives up silently on a body cut before its closing boundary
+        await form.close()
+        raise ApiError(
+            400, "bad_multipart", "no complete part in the multipart body (is its closing boundary missing?)"
+        )
+    return form
 
 
 async def _files_of(form: FormData, field: str) -> list[Upload]:

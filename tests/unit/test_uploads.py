@@ -112,3 +112,14 @@ def test_feedback_of_another_type_names_both_forms():
     status, why, err = reason(image_and_label(request(b"x", {"content-type": "text/plain"}), max_bytes=MB))
     assert (status, why) == (415, "unsupported_media_type")
     assert "application/json" in err.message and "multipart/form-data" in err.message
+
+
+def test_a_multipart_body_cut_before_its_closing_boundary_is_bad_multipart_not_a_missing_field():
+    whole = multipart([("image", "a.jpg", b"\xff\xd8 some jpeg bytes")])
+    body = run(read_body(whole, MB))
+    kind = whole.headers["content-type"]
+    cut = body[: body.rindex(b"\r\n--")]  # the last part's closing boundary gone
+    status, why, err = reason(single_image(request(cut, {"content-type": kind}), max_bytes=MB))
+    assert (status, why) == (400, "bad_multipart") and "closing boundary" in err.message
+    empty = reason(single_image(request(b"", {"content-type": kind}), max_bytes=MB))
+    assert empty[:2] == (400, "missing_field")  # nothing sent at all: what is missing is the field
