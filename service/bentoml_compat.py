@@ -297,7 +297,7 @@ def _metrics_by_route(metrics: Any) -> Any:
                 if self._templates is None:  # the app's routes are all there by its first request
                     self._templates = route_templates(routes)
                 label = route_label(self._templates, path)
-                if len(self._labels) < 1024:  # the app's real paths, and not every path a scanner tries
+                if label != UNMATCHED_ROUTE and len(self._labels) < 1024:  # the app's paths, not a scanner's
                     self._labels[path] = label
             return label
 
