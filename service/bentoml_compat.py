@@ -18,6 +18,10 @@ else, so upgrading BentoML means reading this one module (and running tests/unit
   no exporter is configured and nothing can read it, so it is left out there; its request metrics are labelled
   by the raw path, so every path a scanner tries would add series for the server's life (and a carriage return
   in one breaks the text format), so they are labelled by route template instead (``other`` where none matches).
+
+Not a use but an order this service relies on: BentoML makes a dependency's (the model runner's) worker
+environment before it runs that service's deployment hook, so ``service.startup.pin`` leaves its decision in a
+file too. A BentoML that runs the hook first would make the file unneeded, not wrong.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ from service.postprocessing import default_top_k, to_prediction
 from service.predictor import Predictor, call_model
 from service.settings import ENV_PREFIX, ServiceSettings, SettingsError
 from service.shutdown import on_sigterm
-from service.startup import decide, engine_choice_info, ood_caveat, pin, reported_choice
+from service.startup import adopt_pin, decide, engine_choice_info, ood_caveat, pin, reported_choice
 
 logger = logging.getLogger("service")
 FRONT = "image_classifier"  # the public service's name
@@ -99,6 +99,7 @@ class ModelRunner:
     @bentoml.on_deployment
     def preflight() -> None:
         """Once, before any worker starts: an unusable model stops the server with one line."""
+        logging.getLogger("service").setLevel(logging.INFO)  # auto's measurement and where it is cached
         settings = _settings_or_exit()
         check_version()
         try:
@@ -126,7 +127,11 @@ class ModelRunner:
                 )
                 raise SystemExit(2) from None
         # The version ("name:latest" -> "name:abc123"), device and engine, for every worker this server starts.
-        pin(serving)
+        try:
+            pin(serving)
+        except OSError as exc:
+            print(f"error: cannot leave the start-up decision for the workers: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         if "BENTOML_NO_UDS" in os.environ:
             logger.warning(
                 "BENTOML_NO_UDS is set: the model runner listens on 127.0.0.1 TCP, where any local "
@@ -137,6 +142,7 @@ class ModelRunner:
         self.ready = False
         logging.getLogger("service").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
         transport.install()
+        adopt_pin()
         settings = ServiceSettings.from_env()
         serving = decide(settings)  # pinned by preflight: nothing left to choose
         model, device = serving.model, serving.device
@@ -211,6 +217,7 @@ class ImageClassifier:
     def __init__(self) -> None:
         logging.getLogger("service").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
         transport.install()  # before the first call to the runner
+        adopt_pin()
         self.settings = ServiceSettings.from_env()
         serving = decide(self.settings)  # pinned by preflight: the runner's choice
         self.model, device, self.engine = serving.model, serving.device, serving.engine

@@ -1,9 +1,13 @@
 """The README's main job: a model trained by the CLI is served by `bentoml serve` and answers."""
 
+import time
+
 import httpx
+import psutil
 import pytest
 
-from loadtests.servers import serve
+from loadtests.processes import role_of
+from loadtests.servers import serve_process
 from tests.conftest import ODD_IMAGES
 from tests.support.cli import train_small
 from tests.support.synthetic import make_dataset
@@ -13,7 +17,8 @@ from tests.support.synthetic import make_dataset
 def test_trained_model_is_served(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=12)
     tag = train_small(data, tmp_path / "out", name="served", epochs=2)
-    with serve({"CLASSIFIER_MODEL_TAG": "served:latest"}) as url:
+    with serve_process({"CLASSIFIER_MODEL_TAG": "served:latest"}) as server:
+        url = server.url
         ok = httpx.post(
             f"{url}/v1/predict",
             files={"image": ("hopper.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes(), "image/jpeg")},
@@ -38,3 +43,13 @@ def test_trained_model_is_served(tmp_path):
             f"{url}/v1/predict", files={"image": ("h.jpg", (ODD_IMAGES / "hopper.jpg").read_bytes())}, timeout=60
         )
         assert again.json()["model"] == tag and httpx.get(f"{url}/v1/model", timeout=60).json()["tag"] == tag
+
+        # Nor does a model worker restarted after it landed: it serves the pinned version, not the newer one.
+        (runner,) = [p for p in psutil.Process(server.process.pid).children(recursive=True) if role_of(p) == "runner"]
+        runner.kill()
+        deadline = time.monotonic() + 120
+        while server.log.read_text().count("ready: ") < 2:  # "model <tag> ready: <engine> engine on <device>"
+            assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+            time.sleep(0.5)
+        readies = [line for line in server.log.read_text().splitlines() if "ready: " in line]
+        assert f"model {tag} ready" in readies[-1] and newer not in readies[-1], readies
