@@ -219,7 +219,7 @@ class Explainer:
         return Explained(
             scores=explanation.scores[0].tolist(),
             target=explanation.targets[0],
-            heatmap=explanation.heatmaps[0].round(3).tolist(),
+            heatmap=[[round(float(v), 3) for v in row] for row in explanation.heatmaps[0]],  # not float32's 0.0329999
             png=png,
             width=photo.width,
             height=photo.height,

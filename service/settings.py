@@ -221,6 +221,9 @@ class ServiceSettings(BaseSettings):
                 raise SettingsError(first["msg"].removeprefix("Value error, ")) from None
             var = ENV_PREFIX + str(first["loc"][0]).upper()
             shown = "(hidden)" if var == ENV_PREFIX + "API_KEY" else repr(first.get("input", ""))
-            raise SettingsError(f"{var}={shown}: {first['msg'].removeprefix('Value error, ')}") from None
+            message = first["msg"].removeprefix("Value error, ")
+            if first["type"] == "too_short":  # pydantic counts "items", even of a string
+                message = f"should be at least {first['ctx']['min_length']} characters long"
+            raise SettingsError(f"{var}={shown}: {message}") from None
         finally:
             _ENVIRON.reset(token)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from classifier.contract import ContractError
@@ -43,9 +44,20 @@ def _summary(result: RunResult) -> str:
         f"feature cache {cache}",
         f"report       {result.report_path}",
         *(f"plot         {p}" for p in result.plots),
-        f"serve it     CLASSIFIER_MODEL_TAG={result.tag} bentoml serve service.service:ImageClassifier",
+        f"serve it     CLASSIFIER_MODEL_TAG={result.tag} {_bentoml_command()} serve service.service:ImageClassifier",
     ]
     return "\n".join(lines)
+
+
+def _bentoml_command() -> str:
+    """``bentoml`` as this interpreter's environment has it (.venv/bin/bentoml), so that the line runs as shown."""
+    beside = Path(sys.executable).parent / "bentoml"
+    if not beside.is_file():
+        return "bentoml"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
 
 
 def _engine_lines(engines: dict | None) -> list[str]:

@@ -43,6 +43,7 @@ def test_json_answer_carries_the_prediction_the_grid_and_the_overlay(server):
     assert body["target"] == body["label"] and body["label"] in ("cats", "dogs")
     grid = np.array(body["heatmap"])
     assert grid.shape == (2, 2) and grid.min() >= 0 and grid.max() <= 1  # resnet50's layer4 grid at 64 px
+    assert all(len(repr(v)) <= 5 for row in body["heatmap"] for v in row)  # rounded: 0.033, not 0.032999999821
     assert (body["width"], body["height"]) == (500, 375)
     assert Image.open(io.BytesIO(base64.b64decode(body["overlay_png"]))).size == (500, 375)
     assert body["request_id"] == response.headers["x-request-id"] == "explain-1"

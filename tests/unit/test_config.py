@@ -76,3 +76,20 @@ def test_a_wrong_unfreeze_block_fails_before_the_data_is_read(tmp_path):
         run(parse_args([*argv, "--fine-tune-epochs", "1", "--unfreeze", "layer9"]))
     with pytest.raises(TrainingError, match="does not exist"):  # ignored without fine-tuning: on to the data
         run(parse_args([*argv, "--unfreeze", "layer9"]))
+
+
+def test_the_serve_hint_names_the_bentoml_of_this_environment(tmp_path, monkeypatch):
+    import sys
+
+    from training.__main__ import _bentoml_command
+
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.chdir(tmp_path)
+    assert _bentoml_command() == "bentoml"  # none beside the interpreter: the one on PATH
+    (bin_dir / "bentoml").write_text("#!/bin/sh\n")
+    assert _bentoml_command() == ".venv/bin/bentoml"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert _bentoml_command() == str(bin_dir / "bentoml")

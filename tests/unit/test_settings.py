@@ -50,7 +50,9 @@ def test_bad_values_name_the_variable(var, value):
 def test_api_key_is_secret_and_checked_without_echoing_it():
     s = ServiceSettings.from_env({"CLASSIFIER_API_KEY": "k" * 20})
     assert s.api_key.get_secret_value() == "k" * 20 and "k" * 20 not in repr(s)
-    with pytest.raises(SettingsError, match="CLASSIFIER_API_KEY=\\(hidden\\)") as info:
+    with pytest.raises(
+        SettingsError, match="CLASSIFIER_API_KEY=\\(hidden\\): should be at least 16 characters long"
+    ) as info:
         ServiceSettings.from_env({"CLASSIFIER_API_KEY": "short-key"})
     assert "short-key" not in str(info.value)
 
