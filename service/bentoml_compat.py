@@ -19,9 +19,10 @@ else, so upgrading BentoML means reading this one module (and running tests/unit
   by the raw path, so every path a scanner tries would add series for the server's life (and a carriage return
   in one breaks the text format), so they are labelled by route template instead (``other`` where none matches).
 
-Not a use but an order this service relies on: BentoML makes a dependency's (the model runner's) worker
-environment before it runs that service's deployment hook, so ``service.startup.pin`` leaves its decision in a
-file too. A BentoML that runs the hook first would make the file unneeded, not wrong.
+Not a use but an order this service relies on: BentoML runs the entry service's deployment hook before it makes
+any worker's environment, and a dependency's (the model runner's) only after making that dependency's. So the
+start-up decision is made and pinned in ImageClassifier's hook; one in ModelRunner's would not reach the
+runner's workers (a runner restarted after a newer model landed loaded that one).
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def adapt_middlewares() -> None:
 
 def route_templates(routes: list[Any], prefix: str = "") -> list[tuple[re.Pattern[str], str]]:
     """(regex, template) of every route in Starlette's ``routes``, mounts and FastAPI's included routers followed,
-    e.g. ``/v2/models/{model_name}/infer``; a mount of files (no routes) is its prefix and everything below it."""
+    e.g. ``/v2/models/{name}/infer``; a mount of files (no routes) is its prefix and everything below it."""
     from starlette.routing import Mount, compile_path
 
     found: list[tuple[re.Pattern[str], str]] = []

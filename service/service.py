@@ -70,7 +70,7 @@ from service.postprocessing import default_top_k, to_prediction
 from service.predictor import Predictor, call_model
 from service.settings import ENV_PREFIX, ServiceSettings, SettingsError
 from service.shutdown import on_sigterm
-from service.startup import adopt_pin, decide, engine_choice_info, ood_caveat, pin, reported_choice
+from service.startup import PINNED_ENV, decide, engine_choice_info, ood_caveat, pin, reported_choice
 
 logger = logging.getLogger("service")
 FRONT = "image_classifier"  # the public service's name
@@ -92,57 +92,59 @@ _BATCHING = _settings_or_exit()
 adapt_middlewares()  # before BentoML builds the apps (it checks BentoML's tracing settings then)
 
 
+def _preflight() -> None:
+    """Once per server, before any worker starts: an unusable model stops the server with one line, and the
+    decision is pinned for every worker."""
+    logging.getLogger("service").setLevel(logging.INFO)  # auto's measurement and where it is cached
+    settings = _settings_or_exit()
+    check_version()
+    try:
+        serving = decide(settings)
+        # A corrupt or foreign file stops the server here, not in a worker (a fresh measurement has built it).
+        if ENGINES[serving.engine].reads_file and (serving.choice is None or serving.choice.cached):
+            make_engine(serving.model, serving.engine, serving.device, threads=1, cache_dir=settings.cache_folder)
+            # That engine is gone, but malloc keeps its heap (165-225 MiB for ResNet50 with ONNX Runtime fp32),
+            # and this process (BentoML's manager) lives as long as the server.
+            if settings.malloc_trim_s > 0:
+                gc.collect()  # anything of it held in a reference cycle goes first
+                trim_now()
+    except (ContractError, EngineError, ValueError, ImportError) as exc:  # ImportError: a package not installed
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if caveat := ood_caveat(serving.model):
+        logger.warning(caveat)
+    if settings.feedback_dir is not None:  # an unwritable folder stops the server here, not on the first feedback
+        try:
+            Feedback(serving.model, settings)
+        except OSError as exc:
+            print(
+                f"error: {ENV_PREFIX}FEEDBACK_DIR={settings.feedback_dir}: cannot write there ({exc})",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+    # The version ("name:latest" -> "name:abc123"), device and engine, for every worker this server starts.
+    pin(serving)
+    if "BENTOML_NO_UDS" in os.environ:
+        logger.warning(
+            "BENTOML_NO_UDS is set: the model runner listens on 127.0.0.1 TCP, where any local "
+            "user can send it images to classify"
+        )
+
+
 @bentoml.service(name="model_runner", workers=_BATCHING.model_workers, traffic={"timeout": 120})
 class ModelRunner:
     """Runs the model on batches formed by BentoML across all concurrent requests."""
 
     @bentoml.on_deployment
     def preflight() -> None:
-        """Once, before any worker starts: an unusable model stops the server with one line."""
-        logging.getLogger("service").setLevel(logging.INFO)  # auto's measurement and where it is cached
-        settings = _settings_or_exit()
-        check_version()
-        try:
-            serving = decide(settings)
-            # A corrupt or foreign file stops the server here, not in a worker (a fresh measurement has built it).
-            if ENGINES[serving.engine].reads_file and (serving.choice is None or serving.choice.cached):
-                make_engine(serving.model, serving.engine, serving.device, threads=1, cache_dir=settings.cache_folder)
-                # That engine is gone, but malloc keeps its heap (165-225 MiB for ResNet50 with ONNX Runtime fp32),
-                # and this process (BentoML's manager) lives as long as the server.
-                if settings.malloc_trim_s > 0:
-                    gc.collect()  # anything of it held in a reference cycle goes first
-                    trim_now()
-        except (ContractError, EngineError, ValueError, ImportError) as exc:  # ImportError: a package not installed
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        if caveat := ood_caveat(serving.model):
-            logger.warning(caveat)
-        if settings.feedback_dir is not None:  # an unwritable folder stops the server here, not on the first feedback
-            try:
-                Feedback(serving.model, settings)
-            except OSError as exc:
-                print(
-                    f"error: {ENV_PREFIX}FEEDBACK_DIR={settings.feedback_dir}: cannot write there ({exc})",
-                    file=sys.stderr,
-                )
-                raise SystemExit(2) from None
-        # The version ("name:latest" -> "name:abc123"), device and engine, for every worker this server starts.
-        try:
-            pin(serving)
-        except OSError as exc:
-            print(f"error: cannot leave the start-up decision for the workers: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        if "BENTOML_NO_UDS" in os.environ:
-            logger.warning(
-                "BENTOML_NO_UDS is set: the model runner listens on 127.0.0.1 TCP, where any local "
-                "user can send it images to classify"
-            )
+        """Served alone (not behind ImageClassifier, whose hook has pinned the decision): check and pin here."""
+        if PINNED_ENV not in os.environ:
+            _preflight()
 
     def __init__(self) -> None:
         self.ready = False
         logging.getLogger("service").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
         transport.install()
-        adopt_pin()
         settings = ServiceSettings.from_env()
         serving = decide(settings)  # pinned by preflight: nothing left to choose
         model, device = serving.model, serving.device
@@ -214,10 +216,15 @@ class ImageClassifier:
 
     runner = bentoml.depends(ModelRunner)
 
+    @bentoml.on_deployment
+    def preflight() -> None:
+        # Here, not only on ModelRunner: BentoML runs the entry service's hook before it makes any worker's
+        # environment, a dependency's only after making that dependency's, which would then lack the pin.
+        _preflight()
+
     def __init__(self) -> None:
         logging.getLogger("service").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
         transport.install()  # before the first call to the runner
-        adopt_pin()
         self.settings = ServiceSettings.from_env()
         serving = decide(self.settings)  # pinned by preflight: the runner's choice
         self.model, device, self.engine = serving.model, serving.device, serving.engine

@@ -1,7 +1,8 @@
 """What to serve, decided once at start-up and pinned: the model version, the device and the engine.
 
-BentoML's ``on_deployment`` hook runs ``decide`` once, before any worker starts, and ``pin`` writes the
-decision into the environment every worker inherits (also a worker restarted later), so the front and
+The entry service's ``on_deployment`` hook runs ``decide`` once, before BentoML makes any worker's environment,
+and ``pin`` writes the decision into the environment every worker inherits (also a worker restarted later;
+tests/integration/test_serve_trained.py restarts the model runner to check), so the front and
 the model runner can never disagree, even if a newer model lands or a GPU appears meanwhile. On the CPU,
 ``CLASSIFIER_ENGINE=auto`` is decided by measurement (classifier/engines/choice.py), in a process of its
 own so that the engines it tries do not stay loaded in the manager.
@@ -9,14 +10,11 @@ own so that the engines it tries do not stay loaded in the manager.
 
 from __future__ import annotations
 
-import atexit
 import importlib.util
-import json
 import logging
 import multiprocessing
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ from service.settings import ENV_PREFIX, ServiceSettings
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 CHOICE_ENV = "_CLASSIFIER_ENGINE_CHOICE"  # the measurement behind the engine, for /v1/model; not a setting
-PINNED_ENV = "_CLASSIFIER_PINNED"  # set with the decision; a worker without it reads its manager's pin file
+PINNED_ENV = "_CLASSIFIER_PINNED"  # set with the decision: the server's start-up check has run
 MEASURE_TIMEOUT_S = 300.0  # a hung engine build must not hold the start-up forever
 
 
@@ -140,52 +138,12 @@ def ood_caveat(model: ModelDescription) -> str | None:
 
 
 def pin(serving: Serving) -> None:
-    """Make the decision what every worker of this server reads as its settings: in this process's environment,
-    which workers started afterwards inherit, and in a file for those whose environment was made before.
-
-    BentoML (1.4) makes the model runner's worker environment before it runs the runner's deployment hook, so
-    the runner's workers would otherwise decide anew, and one restarted after a newer model landed would load it
-    while the front answers with the old one's classes."""
-    pinned = {
-        ENV_PREFIX + "MODEL_TAG": serving.model.tag,
-        ENV_PREFIX + "DEVICE": str(serving.device),
-        ENV_PREFIX + "ENGINE": serving.engine,
-        PINNED_ENV: "1",
-    }
+    """Make the decision what every worker of this server reads as its settings: the environment they inherit."""
+    os.environ[ENV_PREFIX + "MODEL_TAG"] = serving.model.tag
+    os.environ[ENV_PREFIX + "DEVICE"] = str(serving.device)
+    os.environ[ENV_PREFIX + "ENGINE"] = serving.engine
+    os.environ[PINNED_ENV] = "1"
     if serving.choice is not None:
-        pinned[CHOICE_ENV] = serving.choice.to_json()
-    os.environ.pop(CHOICE_ENV, None)
-    os.environ.update(pinned)
-    path = pin_file(os.getpid())
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    _check_private(path.parent)
-    path.write_text(json.dumps(pinned))
-    atexit.register(path.unlink, missing_ok=True)
-
-
-def adopt_pin(manager_pid: int | None = None) -> None:
-    """In a worker: take the decision of the manager that started it (``pin``; its parent process unless
-    ``manager_pid`` is given), where its environment lacks it. Nothing when there is no such file: the service
-    was built outside ``bentoml serve``."""
-    if PINNED_ENV in os.environ:
-        return
-    path = pin_file(os.getppid() if manager_pid is None else manager_pid)
-    if not path.is_file():
-        return
-    _check_private(path.parent)
-    pinned = json.loads(path.read_text())
-    os.environ.pop(CHOICE_ENV, None)
-    os.environ.update(pinned)
-
-
-def pin_file(manager_pid: int) -> Path:
-    """Where the manager ``manager_pid`` leaves its decision for its workers: in a folder of this user's alone."""
-    return Path(tempfile.gettempdir()) / f"transfer-serve-{os.getuid()}" / f"pin-{manager_pid}.json"
-
-
-def _check_private(folder: Path) -> None:
-    """Raises PermissionError unless ``folder`` is this user's and no one else's to write (a pin planted there by
-    another user would choose the model served)."""
-    info = folder.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o022:
-        raise PermissionError(f"{folder} is not this user's alone; remove it, and the server makes it again")
+        os.environ[CHOICE_ENV] = serving.choice.to_json()
+    else:
+        os.environ.pop(CHOICE_ENV, None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 
 import pytest
 
@@ -12,18 +11,17 @@ from classifier.device import CPU
 from classifier.network import build_classifier
 from classifier.store import save_model
 from service.settings import ServiceSettings
-from service.startup import CHOICE_ENV, PINNED_ENV, adopt_pin, decide, ood_caveat, pin, pin_file
+from service.startup import CHOICE_ENV, PINNED_ENV, decide, ood_caveat, pin
 
 PINNED = ("CLASSIFIER_MODEL_TAG", "CLASSIFIER_DEVICE", "CLASSIFIER_ENGINE", CHOICE_ENV, PINNED_ENV)
 
 
 @pytest.fixture
-def unpinned(monkeypatch, tmp_path):
-    """No decision in the environment, and pin files in a temporary folder; both undone after the test."""
+def unpinned(monkeypatch):
+    """No decision in the environment; what pin() writes is undone after the test."""
     for var in PINNED:
         monkeypatch.setenv(var, "")  # recorded, so that what pin() writes is undone after the test
         monkeypatch.delenv(var)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def test_decide_resolves_and_pin_makes_every_worker_read_the_decision(contract, unpinned):
@@ -35,36 +33,10 @@ def test_decide_resolves_and_pin_makes_every_worker_read_the_decision(contract, 
     save_model("pinned-test", network, contract, metadata={}, report={})  # a newer version lands meanwhile
     pin(serving)
     assert os.environ["CLASSIFIER_MODEL_TAG"] == tag  # name:version, never :latest
+    assert os.environ[PINNED_ENV] == "1"  # the runner's own hook then has nothing left to do
     worker = ServiceSettings.from_env()  # what a worker started now reads
     assert (worker.model_tag, worker.device, worker.engine) == (tag, "cpu", "torch")
     assert decide(worker).model.tag == tag  # still the pinned version, not the newer one
-
-
-def test_a_worker_made_before_the_decision_reads_it_from_its_manager_s_pin_file(contract, unpinned, monkeypatch):
-    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
-    tag = save_model("pinned-file-test", network, contract, metadata={}, report={})
-    settings = ServiceSettings.from_env({"CLASSIFIER_MODEL_TAG": "pinned-file-test:latest", "CLASSIFIER_DEVICE": "cpu"})
-    pin(decide(settings))  # this process plays BentoML's manager
-    assert pin_file(os.getpid()).is_file() and oct(pin_file(os.getpid()).parent.stat().st_mode)[-3:] == "700"
-    for var in PINNED:
-        monkeypatch.delenv(var, raising=False)  # a runner worker's environment, made before the hook ran
-    save_model("pinned-file-test", network, contract, metadata={}, report={})  # a newer version lands meanwhile
-    adopt_pin(manager_pid=os.getpid())
-    worker = ServiceSettings.from_env()
-    assert (worker.model_tag, worker.engine) == (tag, "torch") and decide(worker).model.tag == tag
-    adopt_pin(manager_pid=os.getpid() + 1)  # pinned already: nothing to read, nothing changes
-    assert os.environ["CLASSIFIER_MODEL_TAG"] == tag
-
-
-def test_a_pin_folder_others_can_write_is_refused(contract, unpinned, monkeypatch):
-    folder = pin_file(os.getpid()).parent
-    folder.mkdir()
-    folder.chmod(0o777)
-    network = build_classifier(contract.backbone, contract.num_classes, contract.dropout)
-    save_model("pinned-open-test", network, contract, metadata={}, report={})
-    settings = ServiceSettings.from_env({"CLASSIFIER_MODEL_TAG": "pinned-open-test:latest", "CLASSIFIER_DEVICE": "cpu"})
-    with pytest.raises(PermissionError, match="not this user's alone"):
-        pin(decide(settings))
 
 
 def test_abstaining_is_refused_for_a_model_with_a_class_named_unknown(contract):
