@@ -34,7 +34,7 @@ from service.bentoml_compat import runner_failure
 from service.coalescing import Coalescer
 from service.http.errors import ApiError
 from service.http.schemas import Prediction
-from service.http.uploads import Upload
+from service.http.uploads import Upload, byte_count
 from service.metrics import metrics
 from service.monitoring import Monitor
 from service.postprocessing import default_top_k, to_prediction
@@ -98,13 +98,9 @@ class Predictor:
         limit when it declares none or is chunked: chunked framing overrides a Content-Length)."""
         if self.admission.full:
             raise _shed(Overloaded("queue_full", "the server is at capacity; retry shortly"))
-        declared = headers.get("content-length", "")
+        declared = byte_count(headers.get("content-length", ""))
         limit = self.settings.max_body_bytes
-        size = (
-            min(int(declared), limit)
-            if declared.isascii() and declared.isdigit() and "transfer-encoding" not in headers
-            else limit
-        )
+        size = min(declared, limit) if declared is not None and "transfer-encoding" not in headers else limit
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(self.bodies.hold(size))

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 from classifier.contract import ModelContract
 from service.http.errors import ApiError, first_problem
 from service.http.schemas import Prediction
+from service.http.uploads import byte_count
 
 HEADER_LENGTH = "inference-header-content-length"
 INPUT = "image"
@@ -127,9 +128,8 @@ def parse_request(body: bytes, header_length: str | None, contract: ModelContrac
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not (header_length.isascii() and header_length.isdigit()):
+    if (length := byte_count(header_length)) is None:
         raise _bad(f"Inference-Header-Content-Length {header_length[:20]!r} is not a number")
-    length = int(header_length)
     if not 0 < length <= len(body):
         raise _bad(f"Inference-Header-Content-Length {length} does not fit the {len(body)}-byte body")
     return body[:length], body[length:]

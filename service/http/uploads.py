@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -33,6 +34,12 @@ class Upload:
     data: bytes
 
 
+def byte_count(text: str) -> int | None:
+    """A header's count of bytes (Content-Length and the like): 1-18 ASCII digits, else None. Not int() alone,
+    which takes other scripts' digits, and raises on over 4,300 of them."""
+    return int(text) if 0 < len(text) <= 18 and text.isascii() and text.isdigit() else None
+
+
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
@@ -42,12 +49,10 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     bytes arrive for the app's ``state.body_timeout_s``."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not (declared.isascii() and declared.isdigit()):
-            raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
-        if int(declared) > max_bytes:
-            raise ApiError(
-                413, "body_too_large", f"the body is {int(declared):,} bytes, over the limit of {max_bytes:,}"
-            )
+        if (length := byte_count(declared)) is None:
+            raise ApiError(400, "bad_request", f"Content-Length {declared[:20]!r} is not a number")
+        if length > max_bytes:
+            raise ApiError(413, "body_too_large", f"the body is {length:,} bytes, over the limit of {max_bytes:,}")
     app_state = getattr(request.scope.get("app"), "state", None)  # no app: a bare Request, as in the unit tests
     stall_s = getattr(app_state, "body_timeout_s", DEFAULT_BODY_TIMEOUT_S)
     chunks, size = [], 0
@@ -135,12 +140,17 @@ async def _parse_form(request: Request, *, max_bytes: int, max_files: int) -> Fo
         raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({detail})") from exc
     except (ValueError, KeyError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({exc})") from exc
-    if not form and body.strip():  # the parser gives up silently on a body cut before its closing boundary
-        await form.close()
-        raise ApiError(
-            400, "bad_multipart", "no complete part in the multipart body (is its closing boundary missing?)"
-        )
+    if body and not _closed(body, request.headers.get("content-type", "")):
+        await form.close()  # what the parser kept of a body cut short: the parts before the cut, silently
+        raise ApiError(400, "bad_multipart", "the multipart body ends before its closing boundary: send all of it")
     return form
+
+
+def _closed(body: bytes, content_type: str) -> bool:
+    """Whether a multipart ``body`` holds its closing delimiter (--boundary--)."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary", b"")
+    return bool(boundary) and b"--" + boundary + b"--" in body
 
 
 async def _files_of(form: FormData, field: str) -> list[Upload]:

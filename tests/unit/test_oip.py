@@ -66,6 +66,7 @@ BROKEN = {
     "length cut short": (*_raw(_declaring(2), ELEMENT[:2]), "ends inside an element's length"),
     "header length not a number": (_raw(_declaring(10), ELEMENT)[0], " +12", "is not a number"),
     "header length a superscript digit": (_raw(_declaring(10), ELEMENT)[0], "\u00b2", "is not a number"),
+    "header length of 5000 digits": (_raw(_declaring(10), ELEMENT)[0], "1" * 5000, "is not a number"),
     "more elements than the shape": (*_raw(_declaring(20), ELEMENT * 2), "holds more elements"),
     "header length zero": (_raw(_declaring(10), ELEMENT)[0], "0", "does not fit"),
     "binary but undeclared": (*_raw(_JSON_INPUT, ELEMENT), "no input declares binary_data_size"),

@@ -114,12 +114,15 @@ def test_feedback_of_another_type_names_both_forms():
     assert "application/json" in err.message and "multipart/form-data" in err.message
 
 
-def test_a_multipart_body_cut_before_its_closing_boundary_is_bad_multipart_not_a_missing_field():
-    whole = multipart([("image", "a.jpg", b"\xff\xd8 some jpeg bytes")])
-    body = run(read_body(whole, MB))
-    kind = whole.headers["content-type"]
-    cut = body[: body.rindex(b"\r\n--")]  # the last part's closing boundary gone
-    status, why, err = reason(single_image(request(cut, {"content-type": kind}), max_bytes=MB))
-    assert (status, why) == (400, "bad_multipart") and "closing boundary" in err.message
+def test_a_multipart_body_cut_before_its_closing_boundary_is_bad_multipart():
+    images = [("images", f"{i}.jpg", b"\xff\xd8 jpeg bytes %d" % i) for i in range(3)]
+    whole = multipart(images)
+    body, kind = run(read_body(whole, MB)), whole.headers["content-type"]
+    cut = body[: body.rindex(b"\r\n--")]  # the last part's data all there, the closing boundary gone
+    status, why, err = reason(many_images(request(cut, {"content-type": kind}), max_bytes=MB, max_images=5))
+    assert (status, why) == (400, "bad_multipart") and "closing boundary" in err.message  # not 2 of the 3 images
+    single = cut.split(b"\r\n--")[0]  # one part, cut
+    assert reason(single_image(request(single, {"content-type": kind}), max_bytes=MB))[:2] == (400, "bad_multipart")
+    assert len(run(many_images(request(body, {"content-type": kind}), max_bytes=MB, max_images=5))) == 3
     empty = reason(single_image(request(b"", {"content-type": kind}), max_bytes=MB))
     assert empty[:2] == (400, "missing_field")  # nothing sent at all: what is missing is the field
