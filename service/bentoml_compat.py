@@ -243,6 +243,8 @@ def adapt_middlewares() -> None:
             Middleware(by_route, *m.args, **m.kwargs) if m.cls is RunnerTrafficMetricsMiddleware else m
             for m in original(self)
         ]
+        if getattr(self, "enable_metrics", False) and not any(m.cls is by_route for m in found):
+            logger.warning("BentoML's request-metrics middleware was not found: its metrics stay labelled by path")
         if BentoMLContainer.tracing.exporter_type.get() is not None:
             return found
         return [m for m in found if m.cls is not OpenTelemetryMiddleware]
@@ -280,13 +282,13 @@ def _metrics_by_route(metrics: Any) -> Any:
     it sees is the template, and the app behind it gets the request's own path back."""
 
     class MetricsByRoute(metrics):
-        def __init__(self, app: Any, **options: Any) -> None:
+        def __init__(self, app: Any, *args: Any, **options: Any) -> None:
             async def with_own_path(scope: dict, receive: Any, send: Any) -> None:
                 if _ORIGINAL_PATH in scope:
                     scope = {**scope, "path": scope[_ORIGINAL_PATH]}
                 await app(scope, receive, send)
 
-            super().__init__(with_own_path, **options)
+            super().__init__(with_own_path, *args, **options)
             self._labels: dict[str, str] = {}
             self._templates: list[tuple[re.Pattern[str], str]] | None = None
 

@@ -95,17 +95,26 @@ def explain_answer(
 
 
 def _wants_png(accept: str) -> bool:
-    """Whether an Accept header prefers image/png (or image/*) to JSON, by quality (RFC 9110); JSON on a tie."""
-    png = json = 0.0
+    """Whether an Accept header prefers image/png to JSON (RFC 9110): each type takes the q of its most specific
+    entry (image/png over image/* over */*), and on equal q a type named outright beats a wildcard. JSON on a tie,
+    or with no header."""
+    entries = []
     for part in accept.split(","):
         kind, *params = (p.strip() for p in part.split(";"))
-        kind = kind.lower()
-        q = _quality(next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1"))
-        if kind in ("image/png", "image/*"):
-            png = max(png, q)
-        if kind in ("application/json", "application/*", "*/*"):
-            json = max(json, q)
-    return png > json
+        entries.append(
+            (kind.lower(), _quality(next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1")))
+        )
+    return _preference(entries, "image/png") > _preference(entries, "application/json")
+
+
+def _preference(entries: list[tuple[str, float]], media_type: str) -> tuple[float, int]:
+    """(q, specificity) of ``media_type`` by its most specific entry among ``entries``; (0, -1) if refused or absent."""
+    family = media_type.split("/")[0] + "/*"
+    ranked = [
+        (q, ("*/*", family, media_type).index(kind)) for kind, q in entries if kind in ("*/*", family, media_type)
+    ]
+    q, specificity = max(ranked, key=lambda entry: entry[1], default=(0.0, -1))
+    return (q, specificity) if q > 0 else (0.0, -1)
 
 
 def _quality(text: str) -> float:

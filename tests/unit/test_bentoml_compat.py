@@ -120,3 +120,15 @@ def test_another_bentoml_keeps_its_tracing_and_says_so(monkeypatch, caplog):
         bentoml_compat.adapt_middlewares()
     assert Another.middlewares == ["as another version might have it"]
     assert "requests stay traced" in caplog.text and "labelled by path" in caplog.text
+
+
+def test_a_bentoml_without_its_metrics_middleware_says_the_labels_stay_raw_paths(monkeypatch, caplog):
+    class Another:  # an app factory whose metrics middleware has another class
+        enable_metrics = True
+        middlewares = property(lambda self: [])
+
+    monkeypatch.setattr(bentoml_compat, "_app_factory", lambda: Another)
+    bentoml_compat.adapt_middlewares()
+    with caplog.at_level(logging.WARNING, logger=bentoml_compat.__name__):
+        assert Another().middlewares == []
+    assert "stay labelled by path" in caplog.text

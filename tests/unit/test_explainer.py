@@ -140,6 +140,9 @@ def test_answers_without_an_explanation_become_the_right_error():
         ("image/png;q=inf", False),
         ("image/png;q=nan", False),
         ("*/*;q=0.5, image/png", True),
+        ("image/png, */*", True),  # named outright: beats the wildcard at equal q
+        ("image/*, image/png;q=0", False),  # the specific entry refuses it
+        ("application/json;q=0, */*", True),
         ("IMAGE/PNG", True),
         ("image/png;q=0", False),
         ("application/json", False),
