@@ -8,9 +8,9 @@ decoded at a reduced scale, as JPEGs are) and JPEGs of noise close to the body l
 process's peak resident memory (VmHWM, from /proc) at the start and after each burst; the sum of the
 peaks bounds the replica's peak from above, counting each process at its own worst moment (the manager's is
 at start-up, before any worker runs). Throughout, it also samples every process's memory together
-(--sample-ms) and reports the largest total seen at one moment: RSS, and PSS, which counts pages the
-processes share (libraries, the forked manager's) once, as a container's memory limit does. Writes
-peak_memory.json to --out.
+(--sample-ms) and reports the largest total seen at one moment, a bound from below (a peak between samples
+is missed): RSS, and PSS, which counts the pages the processes share (libraries) once, as a container's
+memory accounting does (which also charges page cache and kernel memory). Writes peak_memory.json to --out.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def peaks(pid: int) -> dict[str, float]:
     """Peak resident MiB (VmHWM) of the server's processes, per role (summed where several share one)."""
     out: Counter[str] = Counter()
     for role, kib in _kib_fields(pid, "status"):
-        out[role] += kib["VmHWM"] / 1024
+        out[role] += kib.get("VmHWM", 0) / 1024  # none for a zombie (a worker killed, not yet reaped)
     return {role: round(mib, 1) for role, mib in sorted(out.items())}
 
 
@@ -90,7 +90,7 @@ def memory_now(pid: int) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     for role, kib in _kib_fields(pid, "smaps_rollup"):
         rss, pss = out.get(role, (0.0, 0.0))
-        out[role] = (rss + kib["Rss"] / 1024, pss + kib["Pss"] / 1024)
+        out[role] = (rss + kib.get("Rss", 0) / 1024, pss + kib.get("Pss", 0) / 1024)
     return out
 
 
@@ -124,15 +124,18 @@ class ConcurrentPeak:
 
 @contextmanager
 def sampling(read: Callable[[], dict[str, tuple[float, float]]], interval_s: float) -> Iterator[ConcurrentPeak]:
-    """Calls ``read`` every ``interval_s`` in a thread while the block runs (and once more at its end), keeping
-    the peak of the totals."""
-    peak, stop = ConcurrentPeak(), threading.Event()
+    """Calls ``read`` every ``interval_s`` in a thread while the block runs, keeping the peak of the totals; an
+    error in ``read`` is raised when the block ends."""
+    peak, stop, failed = ConcurrentPeak(), threading.Event(), []
 
     def loop() -> None:
-        while True:
-            peak.add(read())
-            if stop.wait(interval_s):
-                return
+        try:
+            while True:
+                peak.add(read())
+                if stop.wait(interval_s):
+                    return
+        except Exception as exc:  # noqa: BLE001 - handed to the caller below
+            failed.append(exc)
 
     thread = threading.Thread(target=loop, name="memory-sampler", daemon=True)
     thread.start()
@@ -141,6 +144,8 @@ def sampling(read: Callable[[], dict[str, tuple[float, float]]], interval_s: flo
     finally:
         stop.set()
         thread.join()
+    if failed:
+        raise RuntimeError("the memory sampler failed") from failed[0]
 
 
 async def burst(url: str, body: bytes, content_type: str, clients: int) -> Counter[int]:

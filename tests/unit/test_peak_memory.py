@@ -62,3 +62,12 @@ def test_the_largest_png_is_just_under_the_pixel_limit():
 def test_the_noise_jpeg_comes_close_to_the_body_size_asked_for():
     body = noisy_jpeg(300_000)
     assert body[:2] == b"\xff\xd8" and len(body) >= 0.8 * 300_000
+
+
+def test_a_sampler_that_fails_says_so_when_the_block_ends():
+    def read() -> dict[str, tuple[float, float]]:
+        raise FileNotFoundError("the server's root process is gone")
+
+    with pytest.raises(RuntimeError, match="memory sampler failed") as info, sampling(read, interval_s=0.001):
+        pass
+    assert isinstance(info.value.__cause__, FileNotFoundError)
