@@ -59,10 +59,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     Image.init()  # registers every plugin once (WEBP and TIFF are not loaded eagerly); cheap afterwards
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as exc:  # Pillow's own hard cap, far above ours
+    except Image.DecompressionBombError as exc:  # Pillow's own hard cap, above our default limits
+        cap = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # where Pillow refuses to open an image at all
         raise InputError(
             "too_many_pixels",
-            f"the image declares far more pixels than the limit of {max_pixels:,} (a decompression bomb)",
+            f"the image declares over {cap:,} pixels, more than can be decoded safely (the limit is {max_pixels:,})",
         ) from exc
     except UnidentifiedImageError as exc:
         raise InputError(

@@ -214,6 +214,11 @@ def _discover(root: Path) -> tuple[str, dict[str, dict[str, Path]]]:
             if folder is None:
                 continue
             groups[split] = _class_dirs(folder)
+            if not groups[split]:
+                raise TrainingError(
+                    f"{folder} has no class sub-folders (unlabelled images?): sort its images into sub-folders "
+                    f"named like train/'s, or move it out of {root}"
+                )
             if set(groups[split]) != set(groups["train"]):
                 raise TrainingError(
                     f"train/ and {folder.name}/ in {root} hold different classes: "
@@ -331,11 +336,14 @@ def _check_nonempty(splits: Splits) -> None:
             f"the class folder(s) {', '.join(none_at_all)} in {splits.root} hold no usable image: "
             "add images or remove the folder(s)"
         )
+    from_folder = {"train": True, "val": "val" in splits.layout, "test": f"{TEST_DIR}/" in splits.layout}
     for split, per_class in counts.items():
         empty = [name for name, n in per_class.items() if n == 0]
         if empty:
+            fix = (
+                "add images to its folder" if from_folder[split] else "add images, or change --val-ratio / --test-ratio"
+            )
             raise TrainingError(
                 f"the {split} split has no usable images of class(es) {', '.join(empty)} in {splits.root}; "
-                "every class needs at least one image in each of train, validation and test: add images, "
-                "or change --val-ratio / --test-ratio"
+                f"every class needs at least one image in each of train, validation and test: {fix}"
             )

@@ -102,10 +102,17 @@ def freeze_backbone(model: ClassifierNet) -> None:
         param.requires_grad_(False)
 
 
-def check_unfreeze(backbone: nn.Module, prefixes: tuple[str, ...]) -> None:
-    """Raises TrainingError when a name in ``prefixes`` names no block of ``backbone``: before any work."""
+def check_unfreeze(backbone: str, prefixes: tuple[str, ...]) -> None:
+    """Raises TrainingError when a name in ``prefixes`` names no block of the ``backbone`` architecture: before any
+    work, weights downloaded included (the network is built on the meta device, without memory or weights)."""
+    try:
+        backbone_spec(backbone)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    with torch.device("meta"):
+        net = build_backbone(backbone)
     for prefix in prefixes:
-        _block_params(backbone, prefix)
+        _block_params(net, prefix)
 
 
 def unfreeze(model: ClassifierNet, prefixes: tuple[str, ...]) -> list[nn.Parameter]:

@@ -94,11 +94,11 @@ def run(cfg: TrainConfig) -> RunResult:
         raise TrainingError(f"cannot create the --output folder {cfg.output} ({exc.strerror or exc})") from None
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    backbone_net, weights_id = load_backbone(cfg.backbone, cfg.weights)  # before the data: fail fast offline
     if cfg.unfreeze and cfg.fine_tune_epochs == 0:
         logger.warning("--unfreeze %s is ignored: blocks are fine-tuned only with --fine-tune-epochs > 0", cfg.unfreeze)
     elif cfg.unfreeze:
-        check_unfreeze(backbone_net, cfg.unfreeze)
+        check_unfreeze(cfg.backbone, cfg.unfreeze)
+    backbone_net, weights_id = load_backbone(cfg.backbone, cfg.weights)  # before the data: fail fast offline
     outside = find_images(cfg.ood_data, cfg.workers)[0] if cfg.ood_data else None  # a bad folder fails here too
     root = (
         cfg.data

@@ -19,12 +19,14 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from service.http.errors import ApiError, first_problem
+from service.settings import ServiceSettings
 
 SINGLE_FIELD = "image"
 MANY_FIELD = "images"
 LABEL_FIELD = "label"
 M = TypeVar("M", bound=BaseModel)
-DEFAULT_BODY_TIMEOUT_S = 10.0  # an app's own in ``app.state.body_timeout_s`` (CLASSIFIER_BODY_TIMEOUT_S)
+# An app's own in ``app.state.body_timeout_s``, set from CLASSIFIER_BODY_TIMEOUT_S at start-up.
+DEFAULT_BODY_TIMEOUT_S: float = ServiceSettings.model_fields["body_timeout_s"].default
 RAW_TYPES = ("image/", "application/octet-stream")
 
 

@@ -19,6 +19,7 @@ SERVER_ENV = {
     "CLASSIFIER_MAX_IMAGES": "12",
     "CLASSIFIER_MAX_PIXELS": "2000000",
     "CLASSIFIER_MAX_QUEUE_WAIT_MS": "30000",  # tests of other things must never be shed on a slow machine
+    "CLASSIFIER_BODY_TIMEOUT_S": "5",  # not the default 10: test_hostile checks that the setting is the one used
 }
 
 

@@ -151,6 +151,7 @@ def test_a_body_that_stops_arriving_is_a_408_and_frees_its_budget(server):
             answer += part
     text = answer.decode("latin-1")
     assert text.startswith("HTTP/1.1 408") and '"reason":"body_timeout"' in text, text[:300]
+    assert "for 5 s" in text  # CLASSIFIER_BODY_TIMEOUT_S (conftest's SERVER_ENV), not the default
     held = [
         s.value
         for family in text_string_to_metric_families(httpx.get(f"{server}/metrics", timeout=30).text)

@@ -66,14 +66,15 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path
 
 
-def test_a_wrong_unfreeze_block_fails_before_the_data_is_read(tmp_path):
+def test_a_wrong_unfreeze_block_fails_before_the_weights_and_the_data_are_read(tmp_path):
     from training.errors import TrainingError
     from training.pipeline import run
 
     argv = ["--data", str(tmp_path / "absent"), "--weights", "none", "--backbone", "resnet18"]
     argv += ["--output", str(tmp_path)]
+    missing_weights = ["--weights", str(tmp_path / "absent.pth")]  # would fail first, were they read first
     with pytest.raises(TrainingError, match="'layer9' names no backbone block"):
-        run(parse_args([*argv, "--fine-tune-epochs", "1", "--unfreeze", "layer9"]))
+        run(parse_args([*argv, *missing_weights, "--fine-tune-epochs", "1", "--unfreeze", "layer9"]))
     with pytest.raises(TrainingError, match="does not exist"):  # ignored without fine-tuning: on to the data
         run(parse_args([*argv, "--unfreeze", "layer9"]))
 

@@ -214,3 +214,22 @@ def test_extra_folder_inside_the_dataset_is_refused(tmp_path):
     base = make_dataset(tmp_path / "base", per_class=4)
     with pytest.raises(TrainingError, match="inside --data"):
         _extra_load(base, base / "cats")
+
+
+def test_an_unlabelled_test_folder_is_named_as_such(tmp_path):
+    make_dataset(tmp_path / "train", per_class=6)
+    (tmp_path / "test").mkdir()
+    shutil.copy(tmp_path / "train" / "cats" / "cats.0.jpg", tmp_path / "test" / "0001.jpg")  # Kaggle's unlabelled test
+    with pytest.raises(TrainingError, match="test has no class sub-folders \\(unlabelled images\\?\\)"):
+        _load(tmp_path)
+
+
+def test_a_class_missing_from_a_given_test_folder_asks_for_images_there(tmp_path):
+    make_dataset(tmp_path, per_class=8, val_per_class=3)
+    (tmp_path / "validation").rename(tmp_path / "test")
+    for image in (tmp_path / "test" / "dogs").iterdir():
+        image.unlink()
+    with pytest.raises(
+        TrainingError, match="test split has no usable images of class\\(es\\) dogs.*add images to its folder"
+    ):
+        _load(tmp_path)

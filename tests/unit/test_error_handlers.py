@@ -15,7 +15,7 @@ from service.http.uploads import read_body
 def _app() -> FastAPI:
     app = FastAPI()
     handle_errors(app, error_body)
-    app.state.body_timeout_s = 0.2
+    app.state.body_timeout_s = 0.5
 
     @app.get("/boom")
     async def boom() -> None:
@@ -97,7 +97,7 @@ def test_a_body_that_stalls_is_a_408_once_the_app_s_body_timeout_passes():
     headers = [(b"content-type", b"image/jpeg"), (b"content-length", b"500")]
     first = [{"type": "http.request", "body": b"x" * 100, "more_body": True}]
     answer = _call("POST", "/upload", headers, first, then_stall=True)
-    assert answer["status"] == 408 and b"body_timeout" in answer["body"] and b"0.2 s" in answer["body"]
+    assert answer["status"] == 408 and b"body_timeout" in answer["body"] and b"0.5 s" in answer["body"]
     slow_but_moving = [{"type": "http.request", "body": b"x" * 100, "more_body": True}] * 4
     slow_but_moving.append({"type": "http.request", "body": b"x" * 100})
-    assert _call("POST", "/upload", headers, slow_but_moving, pace_s=0.1)["status"] == 200  # 0.5 s in all
+    assert _call("POST", "/upload", headers, slow_but_moving, pace_s=0.2)["status"] == 200  # 1 s in all

@@ -83,11 +83,11 @@ def test_freeze_then_unfreeze_top_block_only():
         unfreeze(model, ("layer9",))
 
 
-def test_unfreeze_names_are_checked_on_the_bare_backbone():
-    backbone = load_backbone("resnet18", "none")[0]
-    check_unfreeze(backbone, ("layer3", "layer4"))
+def test_unfreeze_names_are_checked_on_the_architecture_alone():
+    check_unfreeze("resnet18", ("layer3", "layer4"))
+    check_unfreeze("efficientnet_b0", ("features.7", "features.8"))
     with pytest.raises(TrainingError, match="'layer9' names no backbone block; blocks are: .*layer4"):
-        check_unfreeze(backbone, ("layer4", "layer9"))
+        check_unfreeze("resnet18", ("layer4", "layer9"))
 
 
 def test_an_unreadable_weights_file_says_what_to_pass(tmp_path):
