@@ -4,10 +4,9 @@ Layouts accepted:
 - ``ROOT/train/<class>/...`` with ``ROOT/validation/<class>/...`` (or ``val/`` / ``valid/``), ``ROOT/test/<class>/...``,
   or both: a split not given is a seeded share, per class, of the validation split (test) or of train (validation);
 - ``ROOT/<class>/...``: one folder, split into train, validation and test by seeded ratios.
-Extra images (a folder of
-class sub-folders, e.g. the service's feedback folder) join the training split only, so the validation and
-test figures stay comparable with a run without them; an extra image identical to one of the dataset's is
-dropped (in validation or test it would leak).
+Extra images (a folder of class sub-folders, e.g. the service's feedback folder) join the training split only,
+so the validation and test figures stay comparable with a run without them; an extra image identical to one of
+the dataset's is dropped (in validation or test it would leak).
 """
 
 from __future__ import annotations

@@ -113,9 +113,8 @@ def handle_errors(app: FastAPI, body: Callable[[ApiError], dict[str, Any]]) -> N
 
     async def client_gone(request: Request, _: Exception) -> JSONResponse:
         # The client's own doing (an aborted upload), so not a bug; nginx's 499 keeps it out of the 5xx figures.
-        logger.info(
-            "request %s: the client closed the connection before sending its whole body", request.state.request_id
-        )
+        request_id = getattr(request.state, "request_id", None)
+        logger.info("request %s: the client closed the connection before sending its whole body", request_id)
         return respond(ApiError(499, "client_closed", "the client closed the connection before sending its body"))
 
     async def invalid_parameter(_: Request, exc: Exception) -> JSONResponse:
