@@ -11,9 +11,9 @@ import zlib
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_service import HOPPER, post_one
+from tests.integration.test_service import HOPPER, metrics_text, post_one
+from tests.support.prom import samples
 
 pytestmark = pytest.mark.slow
 TIME_BOUND_S = 60  # catches a hang, not slowness: every answer here needs milliseconds of work on any host
@@ -105,13 +105,17 @@ def test_odd_file_names_are_just_names(server, filename):
 
 def _request_totals(url: str) -> dict[tuple[str, str], float]:
     """bentoml_service_request_total of the front, by (endpoint, status); parsing fails on a malformed text."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    return {
-        (s.labels["endpoint"], s.labels["http_response_code"]): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "bentoml_service_request_total" and s.labels.get("service_name") == "image_classifier"
-    }
+    found = samples(metrics_text(url), "bentoml_service_request_total", service_name="image_classifier")
+    return {(labels["endpoint"], labels["http_response_code"]): value for labels, value in found}
+
+
+def _half_sent_upload(url: str) -> socket.socket:
+    """A connection that has sent a /v1/predict request's headers, declaring 100,000 bytes, and 1,002 of them."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=TIME_BOUND_S)
+    sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n")
+    sock.sendall(b"\xff\xd8" + b"x" * 1000)
+    return sock
 
 
 def test_paths_no_route_serves_share_one_metrics_label(server):
@@ -125,12 +129,7 @@ def test_paths_no_route_serves_share_one_metrics_label(server):
 
 def test_a_client_that_hangs_up_mid_upload_is_a_499_not_a_500(server):
     before = _request_totals(server)
-    host, port = server.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(
-            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
-        )
-        sock.sendall(b"\xff\xd8" + b"x" * 1000)  # then the client goes away
+    _half_sent_upload(server).close()  # then the client goes away
     deadline = time.monotonic() + TIME_BOUND_S
     while _request_totals(server).get(("/v1/predict", "499"), 0) == before.get(("/v1/predict", "499"), 0):
         assert time.monotonic() < deadline, "the aborted upload was never answered"
@@ -140,22 +139,12 @@ def test_a_client_that_hangs_up_mid_upload_is_a_499_not_a_500(server):
 
 
 def test_a_body_that_stops_arriving_is_a_408_and_frees_its_budget(server):
-    host, port = server.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=TIME_BOUND_S) as sock:
-        sock.sendall(
-            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
-        )
-        sock.sendall(b"\xff\xd8" + b"x" * 1000)  # then nothing more, the connection kept open
+    with _half_sent_upload(server) as sock:  # then nothing more, the connection kept open
         answer = b""
         while b"}}" not in answer and (part := sock.recv(65536)):
             answer += part
     text = answer.decode("latin-1")
     assert text.startswith("HTTP/1.1 408") and '"reason":"body_timeout"' in text, text[:300]
     assert "for 5 s" in text  # CLASSIFIER_BODY_TIMEOUT_S (conftest's SERVER_ENV), not the default
-    held = [
-        s.value
-        for family in text_string_to_metric_families(httpx.get(f"{server}/metrics", timeout=30).text)
-        for s in family.samples
-        if s.name == "image_classifier_held_body_bytes"
-    ]
+    held = [value for _, value in samples(metrics_text(server), "image_classifier_held_body_bytes")]
     assert held == [0.0]
