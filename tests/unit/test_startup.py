@@ -71,3 +71,17 @@ def test_jpeg_decoding_in_the_engine_needs_torch(contract, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     with pytest.raises(ValueError, match="CLASSIFIER_JPEG_DECODE=engine decodes with torchvision, which is not"):
         decide(ServiceSettings.from_env(settings))
+
+
+def test_the_front_checks_at_start_and_the_runner_only_when_served_alone(monkeypatch):
+    from service import service
+
+    calls: list[str] = []
+    monkeypatch.setattr(service, "_preflight", lambda: calls.append("checked"))
+    monkeypatch.setenv(PINNED_ENV, "1")  # the front's hook ran first and pinned the decision
+    service.ModelRunner.inner.preflight()
+    assert calls == []
+    monkeypatch.delenv(PINNED_ENV)
+    service.ModelRunner.inner.preflight()  # the runner served on its own
+    service.ImageClassifier.inner.preflight()
+    assert calls == ["checked", "checked"]
