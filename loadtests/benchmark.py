@@ -39,6 +39,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from classifier.cli import DefaultsHelp
 from classifier.contract import ContractError
 from classifier.engines import ENGINES, exportable_engines
 from loadtests.host import describe_host, host_line
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtests.benchmark",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument(
         "--model",

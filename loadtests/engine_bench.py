@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classifier.cli import DefaultsHelp
 from loadtests.traffic import PHOTOS, photo_files
 
 
@@ -111,11 +112,11 @@ def _jpeg_decode_speed(files: list[Path], contract, device, batch_size: int, sec
     return round(images_per_second(Decoder(), datas, seconds)[0], 2)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtests.engine_bench",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("--model", default="transfer-classifier:latest", help="BentoML model tag")
     p.add_argument("--photos", type=Path, default=PHOTOS, help="folder of photos to preprocess and run")
@@ -128,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu (every engine the model has), or cuda[:N] (torch, and batched JPEG decoding)",
     )
     p.add_argument("--compile", action="store_true", help="GPU: torch.compile the torch engine for the batch sizes")
-    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    args = p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here (default: print it only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     result = run(
         args.model,
         args.photos,

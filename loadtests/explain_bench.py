@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from classifier.cli import DefaultsHelp
 from loadtests.host import describe_host, host_line
 from loadtests.results import check_local
 from loadtests.servers import REPO, serve
@@ -42,10 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtests.explain_bench",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("--model", default="transfer-classifier:latest", help="model tag to serve")
-    p.add_argument("--url", default=None, help="measure this running server instead of starting one")
+    p.add_argument("--url", default=None, help="measure this running server (default: start one)")
     p.add_argument(
         "--explain-nice",
         type=int,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classifier.cli import DefaultsHelp
 from loadtests.host import describe_host, host_line
 from loadtests.openloop import measure_capacity, photo_bodies, setup_logging
 from loadtests.processes import cpu_seconds
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtests.gpu_bench",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("--model", default=None, help="BentoML model tag (default: train a small random-weight one)")
     p.add_argument("--device", default="cuda", help="where the model runs (cpu only to try this script)")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from classifier.cli import DefaultsHelp
 from loadtests.host import describe_host, host_line
 from loadtests.servers import serve_process
 from loadtests.sweep import sweep  # before anything imports BentoML or urllib3: locust's gevent patches the stdlib
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.hotpath",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     parser.add_argument("--model", default="transfer-classifier:latest", help="BentoML model tag")
     parser.add_argument("--engine", default="auto", help="CLASSIFIER_ENGINE for every variant")
@@ -59,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_photos(),
         help="photos to send (default: ../shared/data/hymenoptera_data if present, else loadtests/photos)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="write hotpath.json here")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write hotpath.json here (default: print the summary only)"
+    )
     return parser
 
 

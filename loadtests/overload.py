@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from classifier.cli import DefaultsHelp
 from loadtests.openloop import (
     Outcome,
     Phase,
@@ -158,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtests.overload",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
-    p.add_argument("--url", help="a running server (localhost only); default: start one on --model-tag")
+    p.add_argument("--url", help="a running server (localhost only) (default: start one on --model-tag)")
     p.add_argument("--capacity-clients", type=int, default=16, help="closed-loop clients when measuring capacity")
     p.add_argument("--normal-share", type=float, default=0.5, help="normal load as a share of capacity")
     p.add_argument("--overload-factor", type=float, default=3.0, help="overload as a multiple of capacity")

@@ -33,6 +33,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from classifier.cli import DefaultsHelp
 from classifier.imaging import DEFAULT_MAX_PIXELS
 from loadtests.host import describe_host, host_line
 from loadtests.openloop import setup_logging
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtests.peak_memory",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("--model-tag", default="transfer-classifier:latest", help="model of the server started")
     p.add_argument("--clients", type=int, default=64, help="requests sent at once in each burst")

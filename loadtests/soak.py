@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from classifier.cli import DefaultsHelp
 from loadtests.heap import (
     ask_snapshot,
     format_report,
@@ -279,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtests.soak",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("--minutes", type=float, default=10.0, help="length of the steady load")
     p.add_argument("--share", type=float, default=0.5, help="load as a share of the measured capacity")

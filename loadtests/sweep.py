@@ -18,6 +18,7 @@ from pathlib import Path
 import gevent
 from locust.env import Environment
 
+from classifier.cli import DefaultsHelp
 from loadtests import locustfile
 from loadtests.results import Level, Recorder, check_local, plot, write_csv
 from loadtests.traffic import photo_files
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtests.sweep",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("--host", default="http://127.0.0.1:3000", help="the running service (localhost only)")
     p.add_argument("--users", type=_levels, default=[1, 2, 4, 8, 16, 32], help="concurrency levels, comma-separated")

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from classifier.cli import DefaultsHelp
 from classifier.network import ClassifierNet
 from training.config import TrainConfig
 from training.data import load_splits
@@ -74,11 +75,11 @@ def with_cache(model, cfg: TrainConfig, splits, contract, augmentation, weights_
     return time.perf_counter() - start, all(hits.values())
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.benchmark",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of class sub-folders")
     p.add_argument("--weights", default="none", help="backbone weights (speed does not depend on them)")
@@ -89,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     p.add_argument("--output", type=Path, default=Path("runs/benchmark_feature_cache.json"), help="JSON result")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     tmp = tempfile.TemporaryDirectory()  # a cold cache for this run only

@@ -11,6 +11,7 @@ from typing import Any
 
 from classifier.backbones import BACKBONES, DEFAULT_BACKBONE
 from classifier.cache import CACHE_ENV, default_cache_dir
+from classifier.cli import DefaultsHelp
 from classifier.contract import DEFAULT_MODEL_NAME
 from classifier.engines import exportable_engines, with_requirements
 from training.download import CATS_DOGS_URL
@@ -58,13 +59,13 @@ class TrainConfig:
 
     data: Path | None = option(
         None,
-        "folder of class sub-folders (or train/ with validation/ and/or test/); default: download cats vs dogs",
+        "folder of class sub-folders (or train/ with validation/ and/or test/) (default: download cats vs dogs)",
         type=Path,
     )
     extra_data: Path | None = option(
         None,
         "folder of class sub-folders added to the training split only (e.g. the service's CLASSIFIER_FEEDBACK_DIR), "
-        "so test figures stay comparable; images identical to one in --data are dropped",
+        "so test figures stay comparable; images identical to one in --data are dropped (default: none)",
         type=Path,
     )
     cache_dir: Path | None = option(
@@ -75,7 +76,11 @@ class TrainConfig:
     )
     feature_cache: bool = option(True, "reuse cached backbone features between runs")
     dataset_url: str = option(CATS_DOGS_URL, "where to download the default dataset (a mirror)")
-    dataset_sha256: str | None = option(None, "expected SHA-256 of the downloaded default dataset")
+    dataset_sha256: str | None = option(
+        None,
+        "expected SHA-256 of the downloaded default dataset (default: none; the first verified download's is "
+        "recorded and checked on later runs)",
+    )
     weights: str = option(
         "DEFAULT",
         "backbone start: DEFAULT (IMAGENET1K_V2 for resnet50), a torchvision weights "
@@ -125,7 +130,7 @@ class TrainConfig:
     ood_data: Path | None = option(
         None,
         "folder of images of other things (any layout): report the share flagged unknown and the AUROC, and plot "
-        "their OOD scores beside the test split's",
+        "their OOD scores beside the test split's (default: none)",
         type=Path,
     )
     ood_accept: float = option(
@@ -157,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training",
         description="Train an image classifier by transfer learning and save it to the BentoML model store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     for f in fields(TrainConfig):
         kwargs = {k: v() if k in ("help", "choices") and callable(v) else v for k, v in f.metadata.items()}
