@@ -121,9 +121,17 @@ class Limits(BaseModel):
 class EngineCandidate(BaseModel):
     name: str
     agreement: float | None = Field(description="top-1 agreement with PyTorch fp32 on the model's reference sample")
+    expected_agreement: float | None = Field(
+        None,
+        description="top-1 agreement to expect: each sample image's shift of fp32's margin applied to every sample "
+        "image's margin (the near-ties a few dozen images seldom show)",
+    )
     probability_diff: float | None = Field(description="mean over the sample of the largest probability difference")
     known_agreement: float | None = Field(
         None, description="agreement of the known/unknown flag with PyTorch fp32's (models with an OOD score)"
+    )
+    expected_known_agreement: float | None = Field(
+        None, description="the known/unknown flag's agreement to expect, as expected_agreement's, from the OOD scores"
     )
     images_per_s: float | None = Field(description="at the served batch size on this host (eligible engines only)")
     eligible: bool

@@ -1,5 +1,6 @@
 """CLASSIFIER_ENGINE=auto by measurement, with fake engines: the fastest eligible one wins, an ineligible one never
-serves, a failing one is recorded, and the cache is keyed by model and host."""
+serves (also one whose shifts would flip near-ties the sample has too few of), a failing one is recorded, and the
+cache is keyed by model and host."""
 
 from __future__ import annotations
 
@@ -128,6 +129,53 @@ def test_an_engine_whose_ood_score_flips_the_known_flag_is_not_eligible():
     )  # fmt: skip
     assert (below.known_agreement, below.eligible) == (1.0, True)
     assert (across.known_agreement, across.eligible) == (0.0, False)
+
+
+def _near_ties(count: int = 32, ties: int = 4) -> np.ndarray:
+    """fp32's probabilities for two classes: ``ties`` images within 0.02 of a tie, the rest sure."""
+    top = np.where(np.arange(count) < ties, 0.51, 0.95)
+    return np.stack([top, 1 - top], axis=1).astype(np.float32)
+
+
+def test_the_expected_agreement_counts_the_near_ties_a_sample_has_too_few_of():
+    reference = _near_ties()
+    nudged = reference.copy()
+    nudged[-1] = [0.90, 0.10]  # one sure image moved by 0.05 towards a tie: no answer of the sample flips...
+    expected = engine_choice.expected_agreement(reference, nudged)
+    assert expected == pytest.approx(1 - 4 / 32**2)  # ...but that shift would flip each of the 4 near-ties
+    assert engine_choice.expected_agreement(reference, reference) == 1.0
+    flipped = reference[:, ::-1].copy()  # every answer flipped: the near-ties' shift (0.04) flips only near-ties
+    assert engine_choice.expected_agreement(reference, flipped) == pytest.approx(4 * 28 / 32**2)
+
+
+class Fixed:
+    """An engine that answers ``outputs``: row i for image i (an image's pixels hold its index)."""
+
+    def __init__(self, outputs: np.ndarray) -> None:
+        self.outputs = outputs
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs[batch[:, 0, 0, 0]]
+
+
+def test_an_engine_that_moves_near_ties_is_not_eligible_though_the_sample_agrees():
+    reference = _near_ties()
+    sure = reference[:, :1] > 0.9
+    drifting = reference - np.float32([0.03, -0.03]) * sure  # the sure answers 0.03 nearer a tie: none flips here
+    engines = {"steady": Fixed(reference), "drifting": Fixed(drifting)}
+    images = np.arange(32, dtype=np.uint8).reshape(32, 1, 1, 1).repeat(3, axis=1)
+    candidates = measure(list(engines), engines.__getitem__, images, reference, classes=2, batch_size=32, seconds=0.01)
+    steady, drift = candidates
+    assert drift.agreement == 1.0 and drift.expected_agreement < engine_choice.MIN_AGREEMENT
+    assert not drift.eligible and drift.images_per_s is None and "(expected" in drift.describe()
+    assert steady.eligible and fastest(candidates) == "steady"
+
+
+def test_the_expected_known_flag_agreement_counts_scores_near_the_threshold():
+    reference = np.array([0.9, 0.95, 2.0, 2.0], np.float32)  # two scores just under the threshold 1
+    assert engine_choice.expected_flag_agreement(reference, reference, 1.0) == 1.0
+    raised = reference + np.float32([0.0, 0.0, 0.0, 0.2])  # one image's score moved by 0.2, its flag unchanged
+    assert engine_choice.expected_flag_agreement(reference, raised, 1.0) == pytest.approx(1 - 2 / 16)
 
 
 def test_training_s_verdict_on_the_whole_test_split_overrides_a_lucky_sample():
