@@ -140,7 +140,7 @@ class Feedback:
         try:
             if answer.data is not None and self.folder is not None:
                 record = {"request_id": request_id, "index": index, "label": label, "answered": answer.label}
-                stored = await self._store(answer.data, label, _format_of(answer.data), record)
+                stored, _ = await self._store(answer.data, label, _format_of(answer.data), record)
         except BaseException:
             answer.has_feedback = False  # refused (a full folder): it may be sent again
             raise
@@ -166,16 +166,18 @@ class Feedback:
         except InputError as exc:
             raise ApiError(400, exc.reason, exc.message, file=upload.filename) from exc
         record = {"label": label, "filename": upload.filename}
-        stored = await self._store(upload.data, label, image_format, record)
-        metrics().feedback.labels(label, "image").inc()
+        stored, new = await self._store(upload.data, label, image_format, record)
+        if new:  # the same image sent again (a client's retry) is kept once, and counted once
+            metrics().feedback.labels(label, "image").inc()
         return FeedbackResponse(label=label, stored=stored)
 
     def _validate(self, data: bytes) -> str:
         decode_image(data, max_pixels=self.max_pixels)
         return _format_of(data)
 
-    async def _store(self, data: bytes, label: str, image_format: str, record: dict) -> str:
-        """Write the image; its path within the folder ("class/name"). 409 when the folder is full."""
+    async def _store(self, data: bytes, label: str, image_format: str, record: dict) -> tuple[str, bool]:
+        """Write the image; its path within the folder ("class/name"), and whether it is new there (not already kept
+        under this label). 409 when the folder is full."""
         assert self.folder is not None
         try:
             stored = await anyio.to_thread.run_sync(self.folder.store, data, label, image_format, record)
@@ -184,7 +186,7 @@ class Feedback:
         except ConflictingLabel as exc:
             raise ApiError(409, "conflicting_label", str(exc)) from None
         self._observe_folder()
-        return f"{label}/{stored.name}"
+        return f"{label}/{stored.name}", stored.new
 
     def _observe_folder(self) -> None:
         assert self.folder is not None

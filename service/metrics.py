@@ -157,7 +157,7 @@ def metrics() -> ServiceMetrics:
         feedback=Counter(
             f"{PREFIX}_feedback",
             "Feedback received, by true class and outcome: correct or wrong (feedback on a request id: was the "
-            "served answer right), image (an uploaded image with its label).",
+            "served answer right), image (an uploaded image with its label, counted once however often it is sent).",
             ["class_name", "outcome"],
         ),
         feedback_folder_images=Gauge(

@@ -11,10 +11,8 @@ Two services in one server (``bentoml serve service.service:ImageClassifier``):
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,14 +22,12 @@ import numpy as np
 from fastapi import Query, Request
 from fastapi.responses import Response
 
-from classifier.contract import ContractError
 from classifier.device import cpu_threads
-from classifier.engines import ENGINES, EngineError, agreement_caveat, make_engine
+from classifier.engines import ENGINES, agreement_caveat, make_engine
 from classifier.jpeg_batch import JpegResult, classify_jpegs
 from service import transport
 from service.bentoml_compat import (
     adapt_middlewares,
-    check_version,
     described_service,
     endpoints_on_the_loop,
     runner_ready,
@@ -51,7 +47,7 @@ from service.http.app import (
     TITLE,
     api,
 )
-from service.http.auth import check_api_key
+from service.http.auth import API_KEY
 from service.http.oip_app import InferenceProtocol, v2
 from service.http.schemas import (
     Batching,
@@ -64,71 +60,23 @@ from service.http.schemas import (
     PredictResponse,
 )
 from service.http.uploads import image_and_label, many_images, media_type, read_json, single_image
-from service.memory import start_trimming, trim_now
+from service.memory import start_trimming
 from service.metrics import metrics
 from service.postprocessing import default_top_k, to_prediction
 from service.predictor import Predictor, call_model
-from service.settings import ENV_PREFIX, ServiceSettings, SettingsError
+from service.settings import ServiceSettings
 from service.shutdown import on_sigterm
-from service.startup import PINNED_ENV, decide, engine_choice_info, ood_caveat, pin, reported_choice
+from service.startup import PINNED_ENV, decide, engine_choice_info, preflight, reported_choice, settings_or_exit
 
 logger = logging.getLogger("service")
 FRONT = "image_classifier"  # the public service's name
 T = TypeVar("T")
 
 
-def _settings_or_exit() -> ServiceSettings:
-    """Settings, or one line on stderr and exit code 2: a misconfigured server must not start."""
-    try:
-        return ServiceSettings.from_env()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 # BentoML fixes batching parameters and worker counts in the decorators, so they are read when the
 # server loads this module at start-up; everything else is read in the services' __init__.
-_BATCHING = _settings_or_exit()
+_BATCHING = settings_or_exit()
 adapt_middlewares()  # before BentoML builds the apps (it checks BentoML's tracing settings then)
-
-
-def _preflight() -> None:
-    """Once per server, before any worker starts: an unusable model stops the server with one line, and the
-    decision is pinned for every worker."""
-    logging.getLogger("service").setLevel(logging.INFO)  # auto's measurement and where it is cached
-    settings = _settings_or_exit()
-    check_version()
-    try:
-        serving = decide(settings)
-        # A corrupt or foreign file stops the server here, not in a worker (a fresh measurement has built it).
-        if ENGINES[serving.engine].reads_file and (serving.choice is None or serving.choice.cached):
-            make_engine(serving.model, serving.engine, serving.device, threads=1, cache_dir=settings.cache_folder)
-            # That engine is gone, but malloc keeps its heap (165-225 MiB for ResNet50 with ONNX Runtime fp32),
-            # and this process (BentoML's manager) lives as long as the server.
-            if settings.malloc_trim_s > 0:
-                gc.collect()  # anything of it held in a reference cycle goes first
-                trim_now()
-    except (ContractError, EngineError, ValueError, ImportError) as exc:  # ImportError: a package not installed
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if caveat := ood_caveat(serving.model):
-        logger.warning(caveat)
-    if settings.feedback_dir is not None:  # an unwritable folder stops the server here, not on the first feedback
-        try:
-            Feedback(serving.model, settings)
-        except OSError as exc:
-            print(
-                f"error: {ENV_PREFIX}FEEDBACK_DIR={settings.feedback_dir}: cannot write there ({exc})",
-                file=sys.stderr,
-            )
-            raise SystemExit(2) from None
-    # The version ("name:latest" -> "name:abc123"), device and engine, for every worker this server starts.
-    pin(serving)
-    if "BENTOML_NO_UDS" in os.environ:
-        logger.warning(
-            "BENTOML_NO_UDS is set: the model runner listens on 127.0.0.1 TCP, where any local "
-            "user can send it images to classify"
-        )
 
 
 @bentoml.service(name="model_runner", workers=_BATCHING.model_workers, traffic={"timeout": 120})
@@ -139,7 +87,7 @@ class ModelRunner:
     def preflight() -> None:
         """Served alone (not behind ImageClassifier, whose hook has pinned the decision): check and pin here."""
         if PINNED_ENV not in os.environ:
-            _preflight()
+            preflight()
 
     def __init__(self) -> None:
         self.ready = False
@@ -220,7 +168,7 @@ class ImageClassifier:
     def preflight() -> None:
         # Here, not only on ModelRunner: BentoML runs the entry service's hook before it makes any worker's
         # environment, a dependency's only after making that dependency's, which would then lack the pin.
-        _preflight()
+        preflight()
 
     def __init__(self) -> None:
         logging.getLogger("service").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
@@ -238,6 +186,7 @@ class ImageClassifier:
         endpoints_on_the_loop(api, v2)
         for app in (api, v2):
             app.state.body_timeout_s = self.settings.body_timeout_s  # read_body's
+            app.state.api_key = self.settings.api_key  # require_api_key's
         # The runner's client exists only once the server's event loop runs: look it up on each call.
         self.predictor = Predictor(
             self.model,
@@ -257,7 +206,6 @@ class ImageClassifier:
     @api.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=ONE_IMAGE_BODY)
     async def predict(self, request: Request, top_k: int | None = Query(None, ge=1)) -> PredictResponse:
         """Classify one image: a multipart file in field `image`, or the raw body with an image/* type."""
-        check_api_key(self.settings.api_key, request.headers)
         with self.predictor.receiving(request.headers):  # before reading what may be megabytes
             upload = await single_image(request, max_bytes=self.settings.max_body_bytes)
             (result,) = await self.predictor.classify([upload], top_k, many=False)
@@ -268,7 +216,6 @@ class ImageClassifier:
     @api.post("/predict/batch", response_model=BatchPredictResponse, responses=ERRORS, openapi_extra=MANY_IMAGES_BODY)
     async def predict_batch(self, request: Request, top_k: int | None = Query(None, ge=1)) -> BatchPredictResponse:
         """Classify several images (multipart files in field `images`); results in the order sent."""
-        check_api_key(self.settings.api_key, request.headers)
         with self.predictor.receiving(request.headers):
             uploads = await many_images(
                 request, max_bytes=self.settings.max_body_bytes, max_images=self.settings.max_images
@@ -283,7 +230,6 @@ class ImageClassifier:
         self, request: Request, top_k: int | None = Query(None, ge=1), target: str | None = Query(None)
     ) -> ExplainResponse | Response:
         """One image (as /v1/predict): its prediction and a Grad-CAM heatmap of why; PNG with Accept: image/png."""
-        check_api_key(self.settings.api_key, request.headers)
         contract, start = self.model.contract, time.perf_counter()
         index = target_index(contract, target)
         async with self.explain_gate.enter():  # before reading what may be megabytes
@@ -307,7 +253,6 @@ class ImageClassifier:
     @api.post("/feedback", response_model=FeedbackResponse, responses=FEEDBACK_ERRORS, openapi_extra=FEEDBACK_BODY)
     async def feedback(self, request: Request) -> FeedbackResponse:
         """The true label of an answer (JSON: request_id, index, label) or of an image (multipart: image, label)."""
-        check_api_key(self.settings.api_key, request.headers)
         max_bytes = self.settings.max_body_bytes
         with self.predictor.receiving(request.headers):  # its images count against the body budget too
             if media_type(request) == "application/json":
@@ -317,9 +262,8 @@ class ImageClassifier:
             return await self.feedback_loop.on_image(upload, label)
 
     @api.get("/model", response_model=ModelInfo)
-    async def model_info(self, request: Request) -> ModelInfo:
+    async def model_info(self) -> ModelInfo:
         """The served model: tag, classes, contract, device, training metrics, batching and limits."""
-        check_api_key(self.settings.api_key, request.headers)
         s, contract = self.settings, self.model.contract
         return ModelInfo(
             tag=self.model.tag,
@@ -339,10 +283,10 @@ class ImageClassifier:
 
     # The Open Inference Protocol (service/http/oip_app.py).
 
-    @v2.get("/v2")
-    async def oip_server(self, request: Request) -> dict[str, Any]:
+    @v2.get("/v2", dependencies=[API_KEY])
+    async def oip_server(self) -> dict[str, Any]:
         """Server metadata: name, version, extensions."""
-        return self.oip.server_metadata(request)
+        return self.oip.server_metadata()
 
     @v2.get("/v2/health/live")
     async def oip_live(self) -> Response:
@@ -352,19 +296,19 @@ class ImageClassifier:
     async def oip_ready(self) -> Response:
         return await self.oip.server_ready()
 
-    @v2.get("/v2/models/{name}")
-    @v2.get("/v2/models/{name}/versions/{version}")
-    async def oip_model(self, request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+    @v2.get("/v2/models/{name}", dependencies=[API_KEY])
+    @v2.get("/v2/models/{name}/versions/{version}", dependencies=[API_KEY])
+    async def oip_model(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Model metadata: its input (BYTES, the encoded images) and outputs."""
-        return self.oip.model_metadata(request, name, version)
+        return self.oip.model_metadata(name, version)
 
     @v2.get("/v2/models/{name}/ready")
     @v2.get("/v2/models/{name}/versions/{version}/ready")
     async def oip_model_ready(self, name: str, version: str | None = None) -> Response:
         return await self.oip.model_ready(name, version)
 
-    @v2.post("/v2/models/{name}/infer")
-    @v2.post("/v2/models/{name}/versions/{version}/infer")
+    @v2.post("/v2/models/{name}/infer", dependencies=[API_KEY])
+    @v2.post("/v2/models/{name}/versions/{version}/infer", dependencies=[API_KEY])
     async def oip_infer(self, request: Request, name: str, version: str | None = None) -> Response:
         """Classify the images of input "image" (BYTES: base64 strings in JSON, or the binary-data extension)."""
         return await self.oip.infer(request, name, version)

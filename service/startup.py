@@ -1,15 +1,16 @@
 """What to serve, decided once at start-up and pinned: the model version, the device and the engine.
 
-The entry service's ``on_deployment`` hook runs ``decide`` once, before BentoML makes any worker's environment,
-and ``pin`` writes the decision into the environment every worker inherits (also a worker restarted later;
-tests/integration/test_serve_trained.py restarts the model runner to check), so the front and
-the model runner can never disagree, even if a newer model lands or a GPU appears meanwhile. On the CPU,
-``CLASSIFIER_ENGINE=auto`` is decided by measurement (classifier/engines/choice.py), in a process of its
-own so that the engines it tries do not stay loaded in the manager.
+The entry service's ``on_deployment`` hook runs ``preflight`` once, before BentoML makes any worker's environment:
+``decide``, checks that stop an unusable server with one line, then ``pin``, which writes the decision into the
+environment every worker inherits (also a worker restarted later; tests/integration/test_serve_trained.py restarts the
+model runner to check), so the front and the model runner can never disagree, even if a newer model lands or a GPU
+appears meanwhile. On the CPU, ``CLASSIFIER_ENGINE=auto`` is decided by measurement (classifier/engines/choice.py), in
+a process of its own so that the engines it tries do not stay loaded in the manager.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import multiprocessing
@@ -20,13 +21,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from classifier.contract import ContractError
 from classifier.device import Device, cpu_threads, pick_device
-from classifier.engines import ENGINES, choose_engine
+from classifier.engines import ENGINES, EngineError, choose_engine, make_engine
 from classifier.engines import choice as engine_choice
 from classifier.store import ModelDescription, describe_model
+from service.bentoml_compat import check_version
+from service.feedback import Feedback
 from service.http.schemas import EngineCandidate, EngineChoiceInfo
+from service.memory import trim_now
 from service.postprocessing import UNKNOWN_LABEL
-from service.settings import ENV_PREFIX, ServiceSettings
+from service.settings import ENV_PREFIX, ServiceSettings, SettingsError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +66,54 @@ def decide(settings: ServiceSettings) -> Serving:
     choice = measured_choice(model, settings) if settings.engine == "auto" and device.type == "cpu" else None
     engine = choose_engine(choice.chosen if choice else settings.engine, device, model.engines)
     return Serving(model, device, engine, choice)
+
+
+def settings_or_exit() -> ServiceSettings:
+    """Settings, or one line on stderr and exit code 2: a misconfigured server must not start."""
+    try:
+        return ServiceSettings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def preflight() -> None:
+    """Once per server, before any worker starts: an unusable model stops the server with one line, and the
+    decision is pinned for every worker."""
+    logging.getLogger("service").setLevel(logging.INFO)  # auto's measurement and where it is cached
+    settings = settings_or_exit()
+    check_version()
+    try:
+        serving = decide(settings)
+        # A corrupt or foreign file stops the server here, not in a worker (a fresh measurement has built it).
+        if ENGINES[serving.engine].reads_file and (serving.choice is None or serving.choice.cached):
+            make_engine(serving.model, serving.engine, serving.device, threads=1, cache_dir=settings.cache_folder)
+            # That engine is gone, but malloc keeps its heap (165-225 MiB for ResNet50 with ONNX Runtime fp32),
+            # and this process (BentoML's manager) lives as long as the server.
+            if settings.malloc_trim_s > 0:
+                gc.collect()  # anything of it held in a reference cycle goes first
+                trim_now()
+    except (ContractError, EngineError, ValueError, ImportError) as exc:  # ImportError: a package not installed
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if caveat := ood_caveat(serving.model):
+        logger.warning(caveat)
+    if settings.feedback_dir is not None:  # an unwritable folder stops the server here, not on the first feedback
+        try:
+            Feedback(serving.model, settings)
+        except OSError as exc:
+            print(
+                f"error: {ENV_PREFIX}FEEDBACK_DIR={settings.feedback_dir}: cannot write there ({exc})",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+    # The version ("name:latest" -> "name:abc123"), device and engine, for every worker this server starts.
+    pin(serving)
+    if "BENTOML_NO_UDS" in os.environ:
+        logger.warning(
+            "BENTOML_NO_UDS is set: the model runner listens on 127.0.0.1 TCP, where any local "
+            "user can send it images to classify"
+        )
 
 
 def measured_choice(model: ModelDescription, settings: ServiceSettings) -> engine_choice.EngineChoice | None:

@@ -12,9 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from classifier import __version__
-from service.http.auth import CHALLENGE
+from service.http.auth import API_KEY, CHALLENGE
 from service.http.errors import ApiError, first_problem
 from service.http.request_id import HEADER, RequestIds
 from service.http.schemas import ErrorDetail, ErrorResponse, FeedbackRequest
@@ -40,7 +41,7 @@ Errors are JSON, `{"error": {"reason", "message", "file", "index"}}`, with a 4xx
 503 with `Retry-After` when overloaded. With an API key configured, /v1 needs `Authorization: Bearer <key>` or
 `X-API-Key: <key>`."""
 
-api = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION)
+api = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION, dependencies=[API_KEY])  # every /v1 route
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 503)}
 FEEDBACK_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 415)}
 _FILE = {"type": "string", "format": "binary"}
@@ -91,14 +92,30 @@ def error_response(exc: ApiError, body: Callable[[ApiError], dict[str, Any]] = e
     return JSONResponse(body(exc), status_code=exc.status, headers=headers)
 
 
+class HeadAsGet:
+    """Answer HEAD as GET: the same status and headers, and no body, which uvicorn leaves out by the method it
+    parsed (RFC 9110, 9.3.2). Starlette does this for its plain routes (BentoML's /livez, /metrics), FastAPI's routes
+    do not, and load balancers and uptime checks probe with HEAD. HEAD on a route with no GET is still a 405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}  # a copy: the server's own scope keeps HEAD, so it sends no body
+        await self.app(scope, receive, send)
+
+
 def handle_errors(app: FastAPI, body: Callable[[ApiError], dict[str, Any]]) -> None:
     """Answer every failure of ``app`` as an ApiError in the shape ``body`` gives, and give every request an id (a
-    malformed X-Request-ID is a 400 ``bad_request_id``). An unexpected exception is a bug: logged, answered 500."""
+    malformed X-Request-ID is a 400 ``bad_request_id``). An unexpected exception is a bug: logged, answered 500.
+    HEAD is answered as GET (``HeadAsGet``)."""
 
     def respond(exc: ApiError) -> JSONResponse:
         return error_response(exc, body)
 
     app.add_middleware(RequestIds, reject=lambda message: respond(ApiError(400, "bad_request_id", message)))
+    app.add_middleware(HeadAsGet)
 
     async def api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)

@@ -1,7 +1,9 @@
 """Optional API key for the prediction endpoints (CLASSIFIER_API_KEY); health and metrics stay open.
 
 Clients send ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. The key is compared in
-constant time and never logged (the setting is a SecretStr, shown as '**********').
+constant time and never logged (the setting is a SecretStr, shown as '**********'). Routes take it as a FastAPI
+dependency (``API_KEY``), which runs before their parameters are validated: without the key a request learns
+nothing but 401.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 
+from fastapi import Depends, Request
 from pydantic import SecretStr
 
 from service.http.errors import ApiError
@@ -37,3 +40,15 @@ def check_api_key(expected: SecretStr | None, headers: Mapping[str, str]) -> Non
         )
     if not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
         raise ApiError(401, "unauthorized", "the API key is not valid")
+
+
+async def require_api_key(request: Request) -> None:
+    """``check_api_key`` against the key the app was given at start-up (``app.state.api_key``: the setting, None
+    when unset). An app never given one refuses to answer (a 500, a bug): a missed set-up must not leave it open."""
+    state = request.scope["app"].state
+    if not hasattr(state, "api_key"):
+        raise RuntimeError("this app's state.api_key was never set; set it from CLASSIFIER_API_KEY at start-up")
+    check_api_key(state.api_key, request.headers)
+
+
+API_KEY = Depends(require_api_key)  # a coroutine, so FastAPI calls it on the event loop, not in a thread

@@ -20,7 +20,6 @@ from classifier.store import ModelDescription
 from service.feedback import Feedback
 from service.http import oip
 from service.http.app import handle_errors
-from service.http.auth import check_api_key
 from service.http.errors import ApiError
 from service.http.uploads import Upload, read_body
 from service.predictor import Predictor
@@ -53,8 +52,7 @@ class InferenceProtocol:
         self.name, _, self.version = model.tag.partition(":")
         self.runner_ready = runner_ready
 
-    def server_metadata(self, request: Request) -> dict[str, Any]:
-        check_api_key(self.settings.api_key, request.headers)
+    def server_metadata(self) -> dict[str, Any]:
         return {"name": "transfer-serve", "version": __version__, "extensions": list(oip.EXTENSIONS)}
 
     async def server_ready(self) -> Response:
@@ -63,8 +61,7 @@ class InferenceProtocol:
             raise ApiError(400, "not_ready", "the model is not ready yet")
         return Response(status_code=200)
 
-    def model_metadata(self, request: Request, name: str, version: str | None) -> dict[str, Any]:
-        check_api_key(self.settings.api_key, request.headers)
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         self._check_model(name, version)
         return oip.model_metadata(self.name, self.version, self.model.contract)
 
@@ -74,7 +71,6 @@ class InferenceProtocol:
 
     async def infer(self, request: Request, name: str, version: str | None) -> Response:
         """POST /v2/models/{name}[/versions/{version}]/infer: classify the request's images."""
-        check_api_key(self.settings.api_key, request.headers)
         self._check_model(name, version)
         with self.predictor.receiving(request.headers):  # before reading what may be megabytes
             body = await read_body(request, self.settings.max_body_bytes)

@@ -21,6 +21,7 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
     ) as url:
         files = {"image": ("hopper.jpg", HOPPER)}
         missing = httpx.post(f"{url}/v1/predict", files=files, timeout=60)
+        bad_query = httpx.post(f"{url}/v1/predict", params={"top_k": 0}, files=files, timeout=60)  # key first
         wrong = httpx.post(f"{url}/v1/predict", files=files, headers={"X-API-Key": KEY[:-1] + "0"}, timeout=60)
         bearer = httpx.post(f"{url}/v1/predict", files=files, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
         header = httpx.post(
@@ -37,7 +38,7 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
         health = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", f"/v2/models/{name}/ready")
         open_paths = [httpx.get(f"{url}{path}", timeout=60).status_code for path in health]
         metrics = httpx.get(f"{url}/metrics", timeout=60).text
-    for refused in (missing, wrong, info, explain, feedback):
+    for refused in (missing, bad_query, wrong, info, explain, feedback):
         assert refused.status_code == 401 and refused.json()["error"]["reason"] == "unauthorized"
         assert refused.headers["www-authenticate"].startswith("Bearer")
     for refused in oip:  # the protocol's error shape
@@ -45,5 +46,5 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
     assert bearer.status_code == 200 and header.status_code == 200 and explained.status_code == 200
     assert oip_keyed.status_code == 200
     assert open_paths == [200] * 6
-    assert 'image_classifier_rejected_inputs_total{reason="unauthorized"} 8.0' in metrics
+    assert 'image_classifier_rejected_inputs_total{reason="unauthorized"} 9.0' in metrics
     assert KEY not in log.read_text() and KEY[:-1] not in log.read_text()

@@ -306,6 +306,16 @@ def test_bentoml_python_client_as_documented(server):
     assert response.status_code == 200 and len(response.json()["top_k"]) == 1
 
 
+def test_head_answers_like_get_without_a_body(server):
+    """Load balancers and uptime checks probe with HEAD: FastAPI's GET routes answer it as Starlette's do."""
+    for path in ("/v1/model", "/v2/health/ready", "/livez"):
+        get, head = httpx.get(f"{server}{path}", timeout=60), httpx.head(f"{server}{path}", timeout=60)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-length"] == get.headers["content-length"], path
+    refused = httpx.head(f"{server}/v1/predict", timeout=60)
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+
+
 def test_wrong_method_and_unknown_route(server):
     r = httpx.get(f"{server}/v1/predict", timeout=60)
     assert r.status_code == 405 and error(r)["reason"] == "method_not_allowed"

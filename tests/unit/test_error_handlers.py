@@ -1,5 +1,6 @@
 """The error handlers every app of the service installs (service/http/app.py): a bug is a 500 that still names
-its request, a client that hangs up is not a bug, a 405 says what is allowed, a bad Content-Length is a 400."""
+its request, a client that hangs up is not a bug, a 405 says what is allowed, HEAD is GET without a body, a bad
+Content-Length is a 400."""
 
 from __future__ import annotations
 
@@ -85,6 +86,13 @@ def test_a_405_says_which_methods_are_allowed():
     answer = _call("POST", "/boom", [], [{"type": "http.request", "body": b""}])
     assert answer["status"] == 405 and b"method_not_allowed" in answer["body"]
     assert answer["headers"][b"allow"] == b"GET"
+
+
+def test_head_is_answered_as_get_and_a_post_only_route_still_refuses_it():
+    """The app answers HEAD with GET's status and headers (the server, which parsed HEAD, leaves the body out)."""
+    assert _call("HEAD", "/boom", [], [])["status"] == 500  # GET's answer: the route ran
+    refused = _call("HEAD", "/upload", [], [])
+    assert refused["status"] == 405 and refused["headers"][b"allow"] == b"POST"
 
 
 def test_a_content_length_of_other_digits_is_a_400():

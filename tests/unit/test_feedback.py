@@ -139,6 +139,16 @@ def test_full_folder_refuses_feedback_without_counting_it(contract, tmp_path):
     assert wrong._value.get() == before and not feedback.recent.get("req-1", 0).has_feedback  # can be sent again
 
 
+def test_an_image_sent_again_with_its_label_is_kept_and_counted_once(contract, tmp_path):
+    feedback = _feedback(contract, tmp_path, feedback_dir=tmp_path / "fb")
+    counted = metrics().feedback.labels("ants", "image")
+    before = counted._value.get()
+    first = asyncio.run(feedback.on_image(Upload("one.jpg", _jpeg(7)), "ants"))
+    again = asyncio.run(feedback.on_image(Upload("retry.jpg", _jpeg(7)), "ants"))  # a client's retry
+    assert first.stored == again.stored and feedback.folder is not None and feedback.folder.images == 1
+    assert counted._value.get() == before + 1
+
+
 def test_without_a_folder_answers_are_scored_but_images_are_refused(contract, tmp_path):
     feedback = _feedback(contract, tmp_path)
     feedback.remember("req-1", [Upload("a.jpg", _jpeg(2))], [_answer("ants")])
