@@ -121,6 +121,7 @@ def _cpu_seconds(pid: int) -> float:
 class AutoChoice:
     engine: str | None  # what our service's auto serves
     eligible: tuple[str, ...] | None = None  # the engines its measurement found eligible (None: not measured)
+    candidates: tuple[dict, ...] = ()  # each candidate's figures from that measurement (agreements, images/s)
 
 
 def auto_choice(url: str) -> AutoChoice:
@@ -129,7 +130,7 @@ def auto_choice(url: str) -> AutoChoice:
         info = json.load(response)
     measured = info.get("engine_choice")
     eligible = tuple(c["name"] for c in measured["candidates"] if c["eligible"]) if measured else None
-    return AutoChoice(info["engine"], eligible)
+    return AutoChoice(info["engine"], eligible, tuple(measured["candidates"]) if measured else ())
 
 
 def engine_speeds(model: str, photos: Path, batch_sizes: str, seconds: float, path: Path) -> dict:
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 "engines": engines,
                 "auto_chose": auto.engine,
                 "auto_eligible": auto.eligible,
+                "auto_candidates": list(auto.candidates),
                 "skipped": skipped,
                 "services": {name: [vars(lv) for lv in levels] for name, levels in results.items()},
                 "rounds": {

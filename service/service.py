@@ -25,7 +25,7 @@ from fastapi.responses import Response
 from classifier.device import cpu_threads
 from classifier.engines import ENGINES, agreement_caveat, make_engine
 from classifier.jpeg_batch import JpegResult, classify_jpegs
-from service import transport
+from service import startup, transport
 from service.bentoml_compat import (
     adapt_middlewares,
     described_service,
@@ -47,7 +47,6 @@ from service.http.app import (
     TITLE,
     api,
 )
-from service.http.auth import API_KEY
 from service.http.oip_app import InferenceProtocol, v2
 from service.http.schemas import (
     Batching,
@@ -66,7 +65,7 @@ from service.postprocessing import default_top_k, to_prediction
 from service.predictor import Predictor, call_model
 from service.settings import ServiceSettings
 from service.shutdown import on_sigterm
-from service.startup import PINNED_ENV, decide, engine_choice_info, preflight, reported_choice, settings_or_exit
+from service.startup import PINNED_ENV, decide, engine_choice_info, reported_choice, settings_or_exit
 
 logger = logging.getLogger("service")
 FRONT = "image_classifier"  # the public service's name
@@ -87,7 +86,7 @@ class ModelRunner:
     def preflight() -> None:
         """Served alone (not behind ImageClassifier, whose hook has pinned the decision): check and pin here."""
         if PINNED_ENV not in os.environ:
-            preflight()
+            startup.preflight()
 
     def __init__(self) -> None:
         self.ready = False
@@ -168,7 +167,7 @@ class ImageClassifier:
     def preflight() -> None:
         # Here, not only on ModelRunner: BentoML runs the entry service's hook before it makes any worker's
         # environment, a dependency's only after making that dependency's, which would then lack the pin.
-        preflight()
+        startup.preflight()
 
     def __init__(self) -> None:
         logging.getLogger("service").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
@@ -186,7 +185,7 @@ class ImageClassifier:
         endpoints_on_the_loop(api, v2)
         for app in (api, v2):
             app.state.body_timeout_s = self.settings.body_timeout_s  # read_body's
-            app.state.api_key = self.settings.api_key  # require_api_key's
+            app.state.api_key = self.settings.api_key  # RequireApiKey's
         # The runner's client exists only once the server's event loop runs: look it up on each call.
         self.predictor = Predictor(
             self.model,
@@ -283,7 +282,7 @@ class ImageClassifier:
 
     # The Open Inference Protocol (service/http/oip_app.py).
 
-    @v2.get("/v2", dependencies=[API_KEY])
+    @v2.get("/v2")
     async def oip_server(self) -> dict[str, Any]:
         """Server metadata: name, version, extensions."""
         return self.oip.server_metadata()
@@ -296,8 +295,8 @@ class ImageClassifier:
     async def oip_ready(self) -> Response:
         return await self.oip.server_ready()
 
-    @v2.get("/v2/models/{name}", dependencies=[API_KEY])
-    @v2.get("/v2/models/{name}/versions/{version}", dependencies=[API_KEY])
+    @v2.get("/v2/models/{name}")
+    @v2.get("/v2/models/{name}/versions/{version}")
     async def oip_model(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Model metadata: its input (BYTES, the encoded images) and outputs."""
         return self.oip.model_metadata(name, version)
@@ -307,8 +306,8 @@ class ImageClassifier:
     async def oip_model_ready(self, name: str, version: str | None = None) -> Response:
         return await self.oip.model_ready(name, version)
 
-    @v2.post("/v2/models/{name}/infer", dependencies=[API_KEY])
-    @v2.post("/v2/models/{name}/versions/{version}/infer", dependencies=[API_KEY])
+    @v2.post("/v2/models/{name}/infer")
+    @v2.post("/v2/models/{name}/versions/{version}/infer")
     async def oip_infer(self, request: Request, name: str, version: str | None = None) -> Response:
         """Classify the images of input "image" (BYTES: base64 strings in JSON, or the binary-data extension)."""
         return await self.oip.infer(request, name, version)

@@ -65,8 +65,8 @@ class ServiceSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         None,
         min_length=16,
-        description="when set, the /v1 endpoints require this key "
-        "(Authorization: Bearer or X-API-Key); health and metrics stay open",
+        description="when set, /v1 and /v2's metadata and inference require this key "
+        "(Authorization: Bearer or X-API-Key); health, readiness, metrics and the API description stay open",
     )
     decode_concurrency: int = Field(0, ge=0, description="images decoded at once per front worker; 0: CPU cores")
     max_inflight_images: int = Field(

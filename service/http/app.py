@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from classifier import __version__
-from service.http.auth import API_KEY, CHALLENGE
+from service.http.auth import CHALLENGE, RequireApiKey
 from service.http.errors import ApiError, first_problem
 from service.http.request_id import HEADER, RequestIds
 from service.http.schemas import ErrorDetail, ErrorResponse, FeedbackRequest
@@ -41,7 +41,7 @@ Errors are JSON, `{"error": {"reason", "message", "file", "index"}}`, with a 4xx
 503 with `Retry-After` when overloaded. With an API key configured, /v1 needs `Authorization: Bearer <key>` or
 `X-API-Key: <key>`."""
 
-api = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION, dependencies=[API_KEY])  # every /v1 route
+api = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION)
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 503)}
 FEEDBACK_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 415)}
 _FILE = {"type": "string", "format": "binary"}
@@ -106,14 +106,19 @@ class HeadAsGet:
         await self.app(scope, receive, send)
 
 
-def handle_errors(app: FastAPI, body: Callable[[ApiError], dict[str, Any]]) -> None:
+def handle_errors(
+    app: FastAPI, body: Callable[[ApiError], dict[str, Any]], open_without_key: Callable[[str], bool] | None = None
+) -> None:
     """Answer every failure of ``app`` as an ApiError in the shape ``body`` gives, and give every request an id (a
     malformed X-Request-ID is a 400 ``bad_request_id``). An unexpected exception is a bug: logged, answered 500.
-    HEAD is answered as GET (``HeadAsGet``)."""
+    HEAD is answered as GET (``HeadAsGet``). With ``open_without_key``, every other path needs the API key
+    (``RequireApiKey``)."""
 
     def respond(exc: ApiError) -> JSONResponse:
         return error_response(exc, body)
 
+    if open_without_key is not None:  # added first, so innermost: its 401 carries the request id
+        app.add_middleware(RequireApiKey, is_open=open_without_key, refuse=respond)
     app.add_middleware(RequestIds, reject=lambda message: respond(ApiError(400, "bad_request_id", message)))
     app.add_middleware(HeadAsGet)
 
@@ -153,4 +158,7 @@ def handle_errors(app: FastAPI, body: Callable[[ApiError], dict[str, Any]]) -> N
     app.add_exception_handler(Exception, bug)
 
 
-handle_errors(api, error_body)
+# Every /v1 route needs the key; the API's description (FastAPI's own routes) stays open.
+handle_errors(
+    api, error_body, {api.docs_url, api.openapi_url, api.redoc_url, api.swagger_ui_oauth2_redirect_url}.__contains__
+)

@@ -34,7 +34,12 @@ def oip_error(exc: ApiError) -> dict[str, str]:
     return {"error": where + exc.message}
 
 
-handle_errors(v2, oip_error)
+def open_without_key(path: str) -> bool:
+    """Health and readiness need no API key (orchestrators probe them); metadata and inference do."""
+    return path.startswith("/v2/health/") or path.endswith("/ready")
+
+
+handle_errors(v2, oip_error, open_without_key)
 
 
 class InferenceProtocol:

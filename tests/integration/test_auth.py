@@ -31,11 +31,24 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
         explain = httpx.post(f"{url}/v1/explain", files=files, timeout=60)
         feedback = httpx.post(f"{url}/v1/feedback", json={"request_id": "x", "label": "cats"}, timeout=60)
         explained = httpx.post(f"{url}/v1/explain", files=files, headers={"X-API-Key": KEY}, timeout=60)
-        name = trained_model.split(":")[0]
+        name, version = trained_model.split(":")
         oip = [httpx.get(f"{url}/v2", timeout=60), httpx.get(f"{url}/v2/models/{name}", timeout=60)]
+        oip.append(httpx.get(f"{url}/v2/models/{name}/versions/{version}", timeout=60))
         oip.append(httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": []}, timeout=60))
+        oip.append(httpx.post(f"{url}/v2/models/{name}/versions/{version}/infer", json={"inputs": []}, timeout=60))
         oip_keyed = httpx.get(f"{url}/v2/models/{name}", headers={"X-API-Key": KEY}, timeout=60)
-        health = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", f"/v2/models/{name}/ready")
+        health = (
+            "/livez",
+            "/readyz",
+            "/metrics",
+            "/v2/health/live",
+            "/v2/health/ready",
+            f"/v2/models/{name}/ready",
+            f"/v2/models/{name}/versions/{version}/ready",
+            "/v1/docs",
+            "/v1/openapi.json",
+            "/docs.json",
+        )
         open_paths = [httpx.get(f"{url}{path}", timeout=60).status_code for path in health]
         metrics = httpx.get(f"{url}/metrics", timeout=60).text
     for refused in (missing, bad_query, wrong, info, explain, feedback):
@@ -45,6 +58,6 @@ def test_api_key_guards_the_predictions_only(trained_model, tmp_path):
         assert refused.status_code == 401 and "API key" in refused.json()["error"]
     assert bearer.status_code == 200 and header.status_code == 200 and explained.status_code == 200
     assert oip_keyed.status_code == 200
-    assert open_paths == [200] * 6
-    assert 'image_classifier_rejected_inputs_total{reason="unauthorized"} 9.0' in metrics
+    assert open_paths == [200] * len(health)
+    assert 'image_classifier_rejected_inputs_total{reason="unauthorized"} 11.0' in metrics
     assert KEY not in log.read_text() and KEY[:-1] not in log.read_text()

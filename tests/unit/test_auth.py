@@ -4,10 +4,13 @@ import pytest
 from fastapi import FastAPI, Query
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
-from service.http.app import error_body, handle_errors
-from service.http.auth import API_KEY, check_api_key, presented_key
+from service.http.app import api, error_body, handle_errors
+from service.http.auth import RequireApiKey, check_api_key, presented_key
 from service.http.errors import ApiError
+from service.http.oip_app import open_without_key
 
 KEY = SecretStr("s3cret-key-0123456789")
 
@@ -51,9 +54,10 @@ def test_missing_or_wrong_key_is_401(headers, message):
     assert KEY.get_secret_value() not in info.value.message
 
 
-def _app(**state) -> FastAPI:
-    app = FastAPI(dependencies=[API_KEY])
-    handle_errors(app, error_body)
+def _app(**state) -> Starlette:
+    """A FastAPI app guarded as /v1 is (``/open`` left open), mounted at /v1 as BentoML mounts it."""
+    app = FastAPI()
+    handle_errors(app, error_body, open_without_key=lambda path: path == "/open")
     for name, value in state.items():
         setattr(app.state, name, value)
 
@@ -61,18 +65,47 @@ def _app(**state) -> FastAPI:
     async def predict(top_k: int | None = Query(None, ge=1)) -> dict:
         return {"top_k": top_k}
 
-    return app
+    @app.get("/open")
+    async def open_route() -> dict:
+        return {}
+
+    return Starlette(routes=[Mount("/v1", app)])
 
 
-def test_the_key_is_checked_before_the_query_parameters():
+def test_the_key_is_checked_before_the_route_and_its_query_parameters():
     client = TestClient(_app(api_key=KEY))
-    refused = client.post("/predict?top_k=0")
-    assert refused.status_code == 401 and refused.json()["error"]["reason"] == "unauthorized"
-    keyed = client.post("/predict?top_k=0", headers={"x-api-key": KEY.get_secret_value()})
+    for refused in (client.post("/v1/predict?top_k=0"), client.get("/v1/predict"), client.get("/v1/nope")):
+        assert refused.status_code == 401 and refused.json()["error"]["reason"] == "unauthorized"
+        assert refused.headers["www-authenticate"].startswith("Bearer") and refused.headers["x-request-id"]
+    keyed = client.post("/v1/predict?top_k=0", headers={"x-api-key": KEY.get_secret_value()})
     assert keyed.status_code == 400 and keyed.json()["error"]["reason"] == "bad_parameter"
-    assert TestClient(_app(api_key=None)).post("/predict?top_k=2").json() == {"top_k": 2}
+    assert client.get("/v1/open").status_code == 200  # the path within the app, its mount prefix left out
+    assert TestClient(_app(api_key=None)).post("/v1/predict?top_k=2").json() == {"top_k": 2}
 
 
 def test_an_app_never_given_the_setting_refuses_rather_than_opening():
-    answer = TestClient(_app(), raise_server_exceptions=False).post("/predict")
+    answer = TestClient(_app(), raise_server_exceptions=False).post("/v1/predict")
     assert answer.status_code == 500 and answer.json()["error"]["reason"] == "internal_error"
+
+
+@pytest.mark.parametrize(
+    ("path", "is_open"),
+    [
+        ("/v2", False),
+        ("/v2/models/m", False),
+        ("/v2/models/m/versions/1", False),
+        ("/v2/models/m/infer", False),
+        ("/v2/health/live", True),
+        ("/v2/health/ready", True),
+        ("/v2/models/m/ready", True),
+        ("/v2/models/m/versions/1/ready", True),
+    ],
+)
+def test_v2_leaves_health_and_readiness_open_only(path, is_open):
+    assert open_without_key(path) is is_open
+
+
+def test_v1_leaves_its_description_open_only():
+    for path, is_open in (("/docs", True), ("/openapi.json", True), ("/predict", False), ("/model", False)):
+        guard = next(m for m in api.user_middleware if m.cls is RequireApiKey)
+        assert guard.kwargs["is_open"](path) is is_open, path

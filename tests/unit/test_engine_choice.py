@@ -158,6 +158,15 @@ class Fixed:
         return self.outputs[batch[:, 0, 0, 0]]
 
 
+def test_the_expected_agreement_with_three_classes_and_a_broken_engine():
+    reference = np.float32([[0.40, 0.35, 0.25], [0.8, 0.1, 0.1]])  # margins 0.05 and 0.7
+    moved = np.float32([[0.40, 0.35, 0.25], [0.7, 0.1, 0.2]])  # the sure one 0.2 nearer its third class
+    assert engine_choice.expected_agreement(reference, moved) == pytest.approx(3 / 4)  # that shift flips the near-tie
+    broken = np.full_like(reference, np.nan)
+    assert engine_choice.expected_agreement(reference, broken) == 0.0
+    assert engine_choice.expected_flag_agreement(np.float32([0.5, 2.0]), np.float32([np.nan, 2.0]), 1.0) == 0.5
+
+
 def test_an_engine_that_moves_near_ties_is_not_eligible_though_the_sample_agrees():
     reference = _near_ties()
     sure = reference[:, :1] > 0.9

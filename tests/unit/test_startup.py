@@ -77,7 +77,7 @@ def test_the_front_checks_at_start_and_the_runner_only_when_served_alone(monkeyp
     from service import service
 
     calls: list[str] = []
-    monkeypatch.setattr(service, "preflight", lambda: calls.append("checked"))
+    monkeypatch.setattr(service.startup, "preflight", lambda: calls.append("checked"))
     monkeypatch.setenv(PINNED_ENV, "1")  # the front's hook ran first and pinned the decision
     service.ModelRunner.inner.preflight()
     assert calls == []
