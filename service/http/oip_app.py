@@ -8,6 +8,7 @@ health endpoints need no key, as /livez and /readyz do not.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,9 +35,13 @@ def oip_error(exc: ApiError) -> dict[str, str]:
     return {"error": where + exc.message}
 
 
+# Health and readiness need no API key (orchestrators probe them); metadata and inference do.
+_OPEN = re.compile(r"/v2/health/(live|ready)|/v2/models/[^/]+(/versions/[^/]+)?/ready")
+
+
 def open_without_key(path: str) -> bool:
-    """Health and readiness need no API key (orchestrators probe them); metadata and inference do."""
-    return path.startswith("/v2/health/") or path.endswith("/ready")
+    """Whether ``path`` is one of /v2's health or readiness routes (a model named "ready" gets no pass)."""
+    return _OPEN.fullmatch(path) is not None
 
 
 handle_errors(v2, oip_error, open_without_key)

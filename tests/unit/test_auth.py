@@ -99,6 +99,9 @@ def test_an_app_never_given_the_setting_refuses_rather_than_opening():
         ("/v2/health/ready", True),
         ("/v2/models/m/ready", True),
         ("/v2/models/m/versions/1/ready", True),
+        ("/v2/models/ready", False),  # metadata of a model named "ready"
+        ("/v2/models/m/infer/ready", False),
+        ("/v2/health/other", False),
     ],
 )
 def test_v2_leaves_health_and_readiness_open_only(path, is_open):
